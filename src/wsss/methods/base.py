@@ -1,0 +1,168 @@
+"""What every wsss method shares: the CAM network and the Lightning training schedule.
+
+A *CAM generator* is any ``nn.Module`` whose ``forward(images)`` returns
+``(logits, cams)``: logits (B, C) (pre-sigmoid, one per foreground class) and raw class
+activation maps (B, C, h, w) (pre-ReLU, at the backbone's output stride). Inference,
+evaluation and refinement only see that interface, so any method, and GSLM on top of
+any method, is evaluated the same way.
+
+Methods subclass :class:`WSSSModule` and override :meth:`WSSSModule.compute_loss` (and, when
+they train extra networks, :meth:`WSSSModule.extra_param_groups` or the whole
+``training_step`` with manual optimisation); the optimiser, the poly schedule, logging,
+checkpointing and the data loop are shared and never copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.backbones import Backbone
+from wsss.config import Config, ConfigError, ModelConfig
+
+__all__ = ["CAMNet", "WSSSModule", "multilabel_loss", "build_backbone", "method_params", "poly_lambda"]
+
+
+def build_backbone(cfg: ModelConfig) -> Backbone:
+    """A :class:`Backbone` from the ``model`` section of a config."""
+    return Backbone(cfg.backbone, cfg.output_stride, cfg.pretrained, cfg.freeze_stem, cfg.freeze_bn)
+
+
+def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Multilabel soft-margin loss (mean over classes and batch), as in CAM/IRN/Puzzle-CAM.
+
+    Args:
+        logits: (B, C) pre-sigmoid scores.
+        targets: (B, C) in [0, 1] (multi-hot, or smoothed labels).
+    """
+    return F.multilabel_soft_margin_loss(logits, targets)
+
+
+def poly_lambda(total_steps: int, power: float = 0.9):
+    """Poly learning-rate factor ``(1 - step/total)^power`` (DeepLab/IRN), floored at 0."""
+
+    def f(step: int) -> float:
+        return max(0.0, 1.0 - step / max(1, total_steps)) ** power
+
+    return f
+
+
+class CAMNet(nn.Module):
+    """Backbone + 1x1 convolution classifier without bias (Zhou et al. 2016; IRN).
+
+    ``forward(x)``: x (B, 3, H, W) normalised RGB -> ``(logits (B, C), cams (B, C, h, w))``
+    with h = ceil(H / output_stride). Logits are the global average of the raw CAMs
+    (equal to classifying GAP-pooled features, the classifier being linear).
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.classifier = nn.Conv2d(backbone.out_channels, num_classes, kernel_size=1, bias=False)
+        nn.init.kaiming_normal_(self.classifier.weight, mode="fan_out", nonlinearity="relu")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cams = self.classifier(self.backbone(x))
+        return cams.mean(dim=(2, 3)), cams
+
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(pretrained backbone parameters, newly added parameters), trainable ones only."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        ids = {id(p) for p in backbone}
+        new = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        return backbone, new
+
+
+def method_params(cfg: Config, params_cls: type, name: str):
+    """Build a method's hyperparameter dataclass from ``cfg.method`` (minus ``name``).
+
+    Raises:
+        ConfigError: on keys the method does not know.
+    """
+    raw = {k: v for k, v in cfg.method.items() if k != "name"}
+    known = {f.name for f in dataclasses.fields(params_cls)}
+    bad = set(raw) - known
+    if bad:
+        raise ConfigError(f"{cfg.source or 'config'}: method '{name}' has no parameter(s) {sorted(bad)}; known: {sorted(known)}")
+    return params_cls(**raw)
+
+
+class WSSSModule(L.LightningModule):
+    """Shared training schedule: SGD (momentum, weight decay), new layers at lr x ``new_lr_mult``,
+    poly decay per optimisation step, multilabel soft-margin loss by default.
+
+    Subclasses set ``self.net`` (the CAM generator used at inference) in ``__init__`` via
+    :meth:`build_net` and override :meth:`compute_loss`.
+    """
+
+    def __init__(self, cfg: Config, num_classes: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.net = self.build_net()
+
+    # -- to override -------------------------------------------------------------------
+    def build_net(self) -> nn.Module:
+        """The CAM generator trained by this method (default: :class:`CAMNet`)."""
+        return CAMNet(build_backbone(self.cfg.model), self.num_classes)
+
+    def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one batch and the scalars to log. Default: the CAM baseline."""
+        logits, _ = self.net(batch["image"])
+        loss = multilabel_loss(logits, batch["label"])
+        return loss, {"cls": loss.detach()}
+
+    def extra_param_groups(self) -> list[dict]:
+        """Additional optimiser parameter groups (e.g. a method's extra heads)."""
+        return []
+
+    # -- shared ---------------------------------------------------------------------------
+    def cam_generator(self) -> nn.Module:
+        """The network whose ``forward`` gives ``(logits, cams)`` at inference."""
+        return self.net
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1] (drives the ramps of P-NOC, GSLM, ...)."""
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        return min(1.0, self.global_step / total)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, logs = self.compute_loss(batch)
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        for k, v in logs.items():
+            self.log(f"train/{k}", v, batch_size=bs)
+        return loss
+
+    def param_groups_for(self, net: nn.Module, lr: float) -> list[dict]:
+        """SGD groups for a CAMNet-like network: backbone at ``lr``, new layers at ``lr * new_lr_mult``."""
+        o = self.cfg.optim
+        if hasattr(net, "param_groups"):
+            backbone, new = net.param_groups()
+        else:
+            backbone, new = [], [p for p in net.parameters() if p.requires_grad]
+        groups = [{"params": backbone, "lr": lr}, {"params": new, "lr": lr * o.new_lr_mult}]
+        return [g for g in groups if g["params"]]
+
+    def make_optimizer(self, groups: list[dict]) -> tuple[torch.optim.Optimizer, dict]:
+        """SGD over ``groups`` with the poly schedule stepped every optimisation step."""
+        o = self.cfg.optim
+        opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(total, o.poly_power))
+        return opt, {"scheduler": sched, "interval": "step"}
+
+    def configure_optimizers(self):
+        groups = self.param_groups_for(self.net, self.cfg.optim.lr) + self.extra_param_groups()
+        opt, sched = self.make_optimizer(groups)
+        return {"optimizer": opt, "lr_scheduler": sched}
