@@ -14,6 +14,13 @@ __all__ = ["METHODS", "get_method", "register"]
 # name -> "module.path:ClassName"
 METHODS: dict[str, str] = {
     "cam": "wsss.methods.cam.module:CAMModule",
+    # P-NOC family (David et al.): Puzzle-CAM, OC-CSE, P-OC, P-NOC
+    "puzzle": "wsss.methods.pnoc.module:PuzzleModule",
+    "occse": "wsss.methods.pnoc.module:OCCSEModule",
+    "poc": "wsss.methods.pnoc.module:POCModule",
+    "pnoc": "wsss.methods.pnoc.module:PNOCModule",
+    # GSLM (general-specific learning, on top of any CAM generator)
+    "gslm": "wsss.methods.gslm.module:GSLMModule",
 }
 
 
