@@ -159,7 +159,7 @@ def evaluate_seeds(
             arg = np.argmax(cams, axis=0)
             m = np.take_along_axis(cams, arg[None], axis=0)[0]
             a = keys[arg[valid]]
-            b = np.searchsorted(thr, m[valid], side="right")  # number of thresholds t with t < m
+            b = np.searchsorted(thr, m[valid], side="left")  # number of thresholds t with t < m
         hist += np.bincount((b * k + g) * k + a, minlength=hist.size)
 
     hist = hist.reshape(n_t + 1, k, k)
