@@ -67,15 +67,27 @@ def build_module(cfg: Config, num_classes: int) -> L.LightningModule:
     return get_method(cfg.method_name)(cfg, num_classes)
 
 
+class _StartStep(L.Callback):
+    """Remembers the optimisation step a fit started at (> 0 after a resume)."""
+
+    start_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start_step = int(trainer.global_step)
+
+
 def make_trainer(cfg: Config, run_dir: Path, **overrides) -> L.Trainer:
     """A Lightning trainer with per-epoch checkpoints and a CSV log in ``run_dir``."""
     kwargs = dict(cfg.trainer)
+    extra = overrides.pop("callbacks_extra", [])
     kwargs.update(overrides)
     kwargs.setdefault("log_every_n_steps", 5)
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1, save_on_train_epoch_end=True)
+    # save_top_k=1 without a monitor keeps the newest epoch; Lightning only writes last.ckpt
+    # when a top-k checkpoint was saved in that step, so save_top_k=0 would never resume.
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
     return L.Trainer(
         default_root_dir=str(run_dir),
-        callbacks=[ckpt, TQDMProgressBar(refresh_rate=5)],
+        callbacks=[ckpt, TQDMProgressBar(refresh_rate=5), *extra],
         logger=CSVLogger(str(run_dir), name="logs", version=""),
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -101,7 +113,8 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> Path:
     layout = train_layout(cfg)
     module = build_module(cfg, layout.num_classes)
     loader = train_loader(cfg, layout)
-    trainer = make_trainer(cfg, run_dir)
+    start_cb = _StartStep()
+    trainer = make_trainer(cfg, run_dir, callbacks_extra=[start_cb])
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if last.is_file() else None
     if ckpt_path:
@@ -127,6 +140,7 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> Path:
                 "train_images": len(layout),
                 "train_seconds": round(seconds, 1),
                 "resumed": ckpt_path is not None,
+                "resumed_from_step": start_cb.start_step,
             },
         )
     return weights
