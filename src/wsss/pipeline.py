@@ -22,7 +22,7 @@ from wsss.config import Config
 from wsss.data.voc import VOCLayout
 from wsss.io import read_json, write_json
 
-__all__ = ["stage_train", "stage_infer", "stage_evaluate", "stage_refine", "stage_report", "run_pipeline", "layout_for", "protocol"]
+__all__ = ["is_worker_rank", "stage_train", "stage_infer", "stage_evaluate", "stage_refine", "stage_report", "run_pipeline", "layout_for", "protocol"]
 
 
 def layout_for(cfg: Config, split: str) -> VOCLayout:
@@ -214,6 +214,14 @@ def _print_summary(name: str, res: dict) -> None:
     print(line)
 
 
+def is_worker_rank() -> bool:
+    """True in a non-zero DDP rank: Lightning relaunches the whole command once per device, and
+    only rank 0 may go on to inference, evaluation and refinement after training."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+
+
 def run_pipeline(cfg: Config) -> dict:
     """All stages in order; a method's own ``run_pipeline`` takes over when it has one."""
     from wsss.methods import get_method
@@ -225,6 +233,8 @@ def run_pipeline(cfg: Config) -> dict:
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(cfg.output_dir) / "config.json", cfg.to_dict())
     stage_train(cfg)
+    if is_worker_rank():
+        return {}
     stage_infer(cfg)
     seeds = stage_evaluate(cfg)
     pseudo = stage_refine(cfg)
