@@ -53,18 +53,15 @@ def _run(argv: list[str]) -> int:
     cfg = load_config(args.config, parse_override_args(rest))
     from wsss import pipeline
 
-    if args.command == "pipeline":
-        pipeline.run_pipeline(cfg)
-    elif args.command == "train":
-        pipeline.stage_train(cfg)
-    elif args.command == "infer":
-        pipeline.stage_infer(cfg)
-    elif args.command == "evaluate":
-        pipeline.stage_evaluate(cfg)
-    elif args.command == "refine":
-        pipeline.stage_refine(cfg)
-    elif args.command == "report":
-        pipeline.stage_report(cfg)
+    stage = {
+        "pipeline": pipeline.run_pipeline,
+        "train": pipeline.stage_train,
+        "infer": pipeline.stage_infer,
+        "evaluate": pipeline.stage_evaluate,
+        "refine": pipeline.stage_refine,
+        "report": pipeline.stage_report,
+    }[args.command]
+    stage(cfg)
     return 0
 
 

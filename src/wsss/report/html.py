@@ -37,7 +37,7 @@ from wsss.evaluation.seeds import cam_to_seed
 from wsss.inference.store import cam_path, load_cam
 from wsss.io import atomic_write, read_index_png, read_json
 from wsss.report.overlay import as_rgb, cam_overlay, mask_overlay, panel, png_data_uri, resize_rgb, save_png
-from wsss.report.plots import has_sweep, per_class_bar, rounds_plot, sweep_plot
+from wsss.report.plots import _num, has_sweep, per_class_bar, rounds_plot, sweep_plot
 
 __all__ = ["build_report", "load_metrics", "format_number"]
 
@@ -116,16 +116,6 @@ def load_metrics(metrics_dir: str | os.PathLike) -> tuple[dict[str, Any], list[s
         except (ValueError, OSError) as exc:
             notes.append(f"{p}: skipped ({exc})")
     return out, notes
-
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
 
 
 def _slug(s: str) -> str:
