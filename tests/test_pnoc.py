@@ -222,6 +222,7 @@ def test_params_defaults_and_validation():
     assert (p.lambda_cse_from, p.lambda_cse_to, p.lambda_cse_ramp) == (0.3, 1.0, 1.0)
     assert (p.lambda_noc_from, p.lambda_noc_to, p.delta_noc, p.k_noc) == (0.0, 1.0, 0.2, 1)
     assert POCParams().label_smoothing == 0.1
+    assert p.re_mask == "labels"  # authors' code; Eq. 3 as printed ("none") collapsed on MSRC
     with pytest.raises(ValueError, match="psi_norm"):
         POCParams(psi_norm="channel")
     with pytest.raises(ValueError, match="k_noc"):

@@ -81,10 +81,12 @@ class PuzzleParams:
     alpha_re_from: float = 0.0  # lambda_re starts at 0 (paper Sec. 6.1; authors' runner P_INIT=0.0)
     alpha_re_to: float = 4.0  # ... and reaches 4 (paper Sec. 6.1; Puzzle-CAM alpha=4; runner P_ALPHA=4.0)
     alpha_re_ramp: float = 0.5  # ... over the first half of training (paper Sec. 6.1; runner P_SCHEDULE=0.5)
-    # which CAM channels the reconstruction L1 covers: "none" = all C classes, as Eq. 3 is
-    # printed; "labels" = only the image's classes, mean still over all B*C*h*w elements
-    # (Puzzle-CAM and P-NOC code: `re_loss * labels[..., None, None]).mean()`)
-    re_mask: str = "none"
+    # which CAM channels the reconstruction L1 covers: "labels" = only the image's classes, mean
+    # still over all B*C*h*w elements (Puzzle-CAM and P-NOC code: (re_loss * labels).mean());
+    # "none" = all C classes, as Eq. 3 is printed. Default "labels" (the authors' code, which
+    # produced the paper's numbers) because "none" collapsed on MSRC (seed mIoU 9.0: the L1 on
+    # absent classes shrinks every CAM and classification stalls; benchmarks/pnoc-family.md)
+    re_mask: str = "labels"
     label_smoothing: float = 0.0  # eps: targets y (1 - eps) + eps / 2 (paper Sec. 6.1 applies 0.1 to P-OC/P-NOC only)
 
     def __post_init__(self) -> None:
