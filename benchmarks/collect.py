@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from wsss.io import atomic_write, write_json  # noqa: E402
 
-ORDER = ["cam", "puzzle", "occse", "poc", "pnoc", "gslm", "gslm_poc"]
+ORDER = ["cam", "puzzle", "occse", "poc", "pnoc", "gslm", "gslm_poc", "gslm_pnoc"]
 
 
 def _load(path: Path):
@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--runs", default=str(REPO / "runs" / "msrc"))
     ap.add_argument("--baseline", default="cam")
     ap.add_argument("--name", default="msrc", help="output names: results/<name>.json and <name>.md")
+    ap.add_argument("--fresh", action="store_true", help="drop recorded runs whose directories are gone")
     args = ap.parse_args()
     runs_root = Path(args.runs)
     results = {}
@@ -83,10 +84,20 @@ def main() -> None:
         r = collect_run(run)
         if r is not None:
             results[run.name] = r
+    # Runs measured earlier whose directories are gone (runs/ is not committed) keep their recorded
+    # numbers, marked carried_over, unless --fresh is given.
+    previous = _load(REPO / "benchmarks" / "results" / f"{args.name}.json")
+    if previous and not args.fresh:
+        for n, r in previous.get("runs", {}).items():
+            if n not in results:
+                r.setdefault("carried_over", True)
+                results[n] = r
     names = sorted(results, key=lambda n: (ORDER.index(n) if n in ORDER else 99, n))
     base = results.get(args.baseline)
     for n in names:
         r = results[n]
+        if r.get("carried_over"):
+            continue  # its ratios and deltas were computed against the baseline run of its own time
         if base and base.get("train_seconds") and r.get("train_seconds"):
             r["train_time_ratio"] = round(r["train_seconds"] / base["train_seconds"], 2)
         if base:
@@ -109,13 +120,17 @@ def main() -> None:
     ]
     for n in names:
         r = results[n]
+        mark = "*" if r.get("carried_over") else ""
         lines.append(
-            f"| {n} | {r['backbone']} | {r['epochs']} | {_f(r['seed_miou_fixed'])} ({r['threshold_fixed']:.2f}) | "
+            f"| {n}{mark} | {r['backbone']} | {r['epochs']} | {_f(r['seed_miou_fixed'])} ({r['threshold_fixed']:.2f}) | "
             f"{_f(r['seed_miou_swept'])} ({r['threshold_swept']:.2f}) | "
             f"{_f(r.get('delta_seed_fixed'))} / {_f(r.get('delta_seed_swept'))} | {_f(r['pseudo_miou'])} | {_f(r.get('delta_pseudo'))} | "
             f"{_f(r['confident_miou'])} ({_f(r['confident_coverage'])}%) | {_f(r['m_under'], 3)} | {_f(r['m_over'], 3)} | "
             f"{_f(r['train_seconds'], 0)} | {_f(r.get('train_time_ratio'), 2)} |"
         )
+    if any(results[n].get("carried_over") for n in names):
+        lines += ["", "\\* measured in an earlier session (its run directory is not in this checkout); its "
+                  "deltas and time ratio are against the baseline run of that session."]
     classes = list((base or results[names[0]])["per_class"]) if names else []
     if classes:
         lines += ["", "## Per-class seed IoU at the fixed threshold", "",

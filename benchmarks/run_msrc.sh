@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 recipes=("$@")
-[[ ${#recipes[@]} -gt 0 ]] || recipes=(cam puzzle occse poc pnoc gslm gslm_poc)
+[[ ${#recipes[@]} -gt 0 ]] || recipes=(cam puzzle occse poc pnoc gslm gslm_poc gslm_pnoc)
 mkdir -p benchmarks/logs
 for r in "${recipes[@]}"; do
   echo "== $r ($(date -u +%H:%M:%S))"
