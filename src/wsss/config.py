@@ -48,6 +48,7 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 2
     check_files: bool = True  # open every image header / mask size before training
+    train_unlabelled: bool = True  # train on images with no foreground class (all-zero label: negatives)
 
 
 @dataclass
@@ -59,6 +60,9 @@ class ModelConfig:
     pretrained: str = "offline"  # offline (packaged weights) | none (random init) | path to .pth/.safetensors
     freeze_stem: bool = True  # stem conv + its BN frozen (IRN)
     freeze_bn: bool = True  # every BatchNorm in eval mode with frozen affine (IRN)
+    feature_layer: str = "head"  # head (timm forward_features) | last_stage (before EfficientNet's conv_head)
+    classifier_init: str = "kaiming_fan_out"  # kaiming_fan_out | kaiming_fan_in | torch_default | xavier
+    normalization: str = "imagenet"  # imagenet | inception ((x-0.5)/0.5, TF-Lite weights)
 
 
 @dataclass

@@ -93,6 +93,7 @@ def stage_train(cfg: Config) -> Path:
 
 def stage_infer(cfg: Config, splits: list[str] | None = None) -> None:
     """TTA CAMs for ``inference.splits`` (plus the eval split) into ``<run>/cams/``."""
+    from wsss.data.transforms import normalization_stats
     from wsss.inference.tta import infer_split
     from wsss.training import load_generator
 
@@ -102,9 +103,10 @@ def stage_infer(cfg: Config, splits: list[str] | None = None) -> None:
     layouts = [layout_for(cfg, s) for s in splits]
     net = load_generator(cfg, num_classes=layouts[0].num_classes)
     inf = cfg.inference
+    mean, std = normalization_stats(cfg.model.normalization)
     for layout in layouts:
         infer_split(net, layout, Path(cfg.output_dir) / "cams", scales=inf.scales, flip=inf.flip, device=device,
-                    channels_last=inf.channels_last, bf16=inf.bf16)
+                    channels_last=inf.channels_last, bf16=inf.bf16, mean=mean, std=std)
     _timing(cfg, "infer", time.time() - t)
 
 

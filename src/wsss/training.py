@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save
 
 from wsss.config import Config
 from wsss.data.datasets import ClassificationDataset, worker_init_fn
-from wsss.data.transforms import TrainTransform
+from wsss.data.transforms import TrainTransform, normalization_stats
 from wsss.data.voc import VOCLayout
 from wsss.io import atomic_write_bytes, read_json, write_json
 from wsss.methods import get_method
@@ -47,8 +47,10 @@ def train_layout(cfg: Config) -> VOCLayout:
 def train_loader(cfg: Config, layout: VOCLayout, shuffle: bool = True) -> torch.utils.data.DataLoader:
     """DataLoader of augmented training crops (IRN recipe, see :class:`TrainTransform`)."""
     d = cfg.data
-    transform = TrainTransform(crop_size=d.crop_size, resize_long=tuple(d.resize_long), hflip=d.hflip, color_jitter=d.color_jitter)
-    ds = ClassificationDataset(layout, transform)
+    mean, std = normalization_stats(cfg.model.normalization)
+    transform = TrainTransform(crop_size=d.crop_size, resize_long=tuple(d.resize_long), hflip=d.hflip,
+                               color_jitter=d.color_jitter, mean=mean, std=std)
+    ds = ClassificationDataset(layout, transform, skip_unlabelled=not d.train_unlabelled)
     drop_last = len(ds) >= 2 * d.batch_size
     return torch.utils.data.DataLoader(
         ds,

@@ -100,6 +100,10 @@ class Backbone(nn.Module):
         pretrained: ``"offline"``, ``"none"`` or a path to a weights file (see module doc).
         freeze_stem: stop gradients into the stem (and ResNet ``layer1``), as IRN.
         freeze_bn: keep every BatchNorm in eval mode with frozen affine parameters, as IRN.
+        feature_layer: which map ``forward`` returns. ``"head"``: timm's ``forward_features``
+            (for EfficientNet the 1x1 ``conv_head`` expansion, 1280 ch on Lite0; for ResNet the
+            last stage); ``"last_stage"``: the output of the last stage (320 ch on Lite0, the
+            head is pruned away). For ResNet-style nets both are the same map.
 
     Shapes:
         ``forward(x)`` with x (B, 3, H, W) normalised RGB returns the last feature map
@@ -115,8 +119,12 @@ class Backbone(nn.Module):
         pretrained: str = "offline",
         freeze_stem: bool = True,
         freeze_bn: bool = True,
+        feature_layer: str = "head",
     ) -> None:
         super().__init__()
+        if feature_layer not in ("head", "last_stage"):
+            raise ValueError(f"feature_layer must be 'head' or 'last_stage', got {feature_layer!r}")
+        self.feature_layer = feature_layer
         self.name = name
         self.output_stride = output_stride
         try:
@@ -136,7 +144,12 @@ class Backbone(nn.Module):
         self.pretrained = pretrained
         self.stage_channels = [int(f["num_chs"]) for f in self.model.feature_info]
         self.stage_reductions = [int(f["reduction"]) for f in self.model.feature_info]
-        self.out_channels = int(getattr(self.model, "num_features", self.stage_channels[-1]))
+        if feature_layer == "last_stage":
+            # drop conv_head/bn2 (EfficientNet) so no unused parameter is trained or stored
+            self.model.prune_intermediate_layers(indices=1, prune_head=True, prune_norm=True)
+            self.out_channels = self.stage_channels[-1]
+        else:
+            self.out_channels = int(getattr(self.model, "num_features", self.stage_channels[-1]))
         self.freeze_bn = freeze_bn
         if freeze_stem:
             for pname, p in self.model.named_parameters():
@@ -157,6 +170,8 @@ class Backbone(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.feature_layer == "last_stage":
+            return self.model.forward_intermediates(x, indices=1, intermediates_only=True)[-1]
         return self.model.forward_features(x)
 
     def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

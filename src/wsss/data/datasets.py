@@ -46,6 +46,8 @@ class ClassificationDataset(Dataset):
             None = plain :func:`~wsss.data.transforms.normalize`, full image.
         with_mask: also read the ground-truth mask and pass it to the transform (needs
             ``layout.has_masks``); off by default since image-level training never sees masks.
+        skip_unlabelled: leave out images whose label has no foreground class (MSRC train has
+            61 such images; IRN/VOC has none). Kept by default: they are negatives for every class.
 
     Item:
         ``{"image": float32 (3, S, S), "label": float32 (C,) multi-hot, "id": str}`` plus
@@ -59,6 +61,7 @@ class ClassificationDataset(Dataset):
         transform: Callable[..., dict[str, Any]] | None = None,
         *,
         with_mask: bool = False,
+        skip_unlabelled: bool = False,
     ) -> None:
         if with_mask and not layout.has_masks:
             raise ValueError(f"{layout.root}: with_mask=True but split {layout.split!r} has no masks")
@@ -66,11 +69,18 @@ class ClassificationDataset(Dataset):
         self.transform = transform
         self.with_mask = with_mask
         self._labels = torch.from_numpy(layout.labels_matrix())
+        rows = range(len(layout))
+        if skip_unlabelled:
+            rows = [i for i in rows if float(self._labels[i].sum()) > 0]
+            if not rows:
+                raise ValueError(f"{layout.root}: split {layout.split!r} has no image with a foreground class")
+        self.rows = list(rows)
 
     def __len__(self) -> int:
-        return len(self.layout)
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        index = self.rows[index]
         image_id = self.layout.ids[index]
         image = self.layout.image(image_id)
         mask = self.layout.mask(image_id) if self.with_mask else None

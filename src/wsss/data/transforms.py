@@ -23,10 +23,29 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import ColorJitter
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize", "denormalize", "TrainTransform"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "normalization_stats", "normalize", "denormalize", "TrainTransform"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: name -> (mean, std) on the 0..1 scale. ``imagenet``: torchvision / timm default;
+#: ``inception``: (x - 0.5) / 0.5 = (x - 127.5) / 127.5, what TF(-Lite) EfficientNet-Lite
+#: weights were trained with (timm calls it IMAGENET_INCEPTION_MEAN/STD).
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def normalization_stats(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) of a named input normalisation (see :data:`NORMALIZATIONS`).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {name!r}; choose one of {sorted(NORMALIZATIONS)}")
+    return NORMALIZATIONS[name]
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from wsss.data.transforms import normalize
+from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from wsss.inference.store import CamRecord, cam_path, save_cam
 
 __all__ = ["multiscale_cam", "normalize_cam", "infer_split"]
@@ -49,6 +49,8 @@ def multiscale_cam(
     device: torch.device | str = "cpu",
     channels_last: bool = True,
     bf16: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> tuple[np.ndarray, np.ndarray]:
     """TTA CAMs of one image.
 
@@ -61,6 +63,8 @@ def multiscale_cam(
         device: where to run.
         channels_last: NHWC memory format (same outputs, faster on CPU).
         bf16: bfloat16 autocast (faster; changes CAMs noticeably, off by default).
+        mean, std: input normalisation on the 0..1 scale; must be the one the network was
+            trained with (``model.normalization``).
 
     Returns:
         ``(high_res (K, H, W), strided (K, ceil(H/4), ceil(W/4)))`` float32 in [0, 1),
@@ -72,7 +76,7 @@ def multiscale_cam(
     if k == 0:
         return np.zeros((0, h, w), np.float32), np.zeros((0, *strided_size), np.float32)
     idx = torch.as_tensor(list(class_indices), dtype=torch.long, device=device)
-    x0 = normalize(image).unsqueeze(0).to(device)
+    x0 = normalize(image, mean, std).unsqueeze(0).to(device)
     high = torch.zeros((k, h, w), device=device)
     strided = torch.zeros((k, *strided_size), device=device)
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -104,6 +108,8 @@ def infer_split(
     channels_last: bool = True,
     bf16: bool = False,
     progress: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> int:
     """Write ``<cam_dir>/<id>.npz`` for every id of ``layout`` that has none yet (resumable).
 
@@ -123,7 +129,7 @@ def infer_split(
         label = layout.label(image_id)
         fg = np.nonzero(label > 0.5)[0]
         image = layout.image(image_id)
-        high, strided = multiscale_cam(net, image, fg.tolist(), scales, flip, device, channels_last, bf16)
+        high, strided = multiscale_cam(net, image, fg.tolist(), scales, flip, device, channels_last, bf16, mean, std)
         save_cam(cam_path(cam_dir, image_id), CamRecord(keys=fg + 1, high_res=high, strided=strided))
         written += 1
     return written

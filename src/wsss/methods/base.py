@@ -25,12 +25,49 @@ from torch import nn
 from wsss.backbones import Backbone
 from wsss.config import Config, ConfigError, ModelConfig
 
-__all__ = ["CAMNet", "WSSSModule", "multilabel_loss", "build_backbone", "method_params", "poly_lambda"]
+__all__ = ["CAMNet", "WSSSModule", "multilabel_loss", "build_backbone", "build_cam_net", "init_classifier", "method_params", "poly_lambda"]
 
 
 def build_backbone(cfg: ModelConfig) -> Backbone:
     """A :class:`Backbone` from the ``model`` section of a config."""
-    return Backbone(cfg.backbone, cfg.output_stride, cfg.pretrained, cfg.freeze_stem, cfg.freeze_bn)
+    return Backbone(cfg.backbone, cfg.output_stride, cfg.pretrained, cfg.freeze_stem, cfg.freeze_bn, cfg.feature_layer)
+
+
+CLASSIFIER_INITS = ("kaiming_fan_out", "kaiming_fan_in", "torch_default", "xavier")
+
+
+def init_classifier(weight: torch.Tensor, scheme: str) -> None:
+    """Initialise a classifier weight (C, D, 1, 1) in place.
+
+    Schemes (std for D = 1280 / 2048 inputs, C = 20 outputs):
+
+    - ``kaiming_fan_out``: N(0, 2/C), std ~0.32 (wsss before the fidelity review);
+    - ``kaiming_fan_in``: N(0, 2/D), std 0.040 / 0.031 (Puzzle-CAM, lucasdavid/PNOC ``initialize``);
+    - ``torch_default``: PyTorch's Conv2d default, U(-1/sqrt(D), 1/sqrt(D)), std 0.016 / 0.013
+      (IRN ``resnet50_cam``: plain ``nn.Conv2d``);
+    - ``xavier``: Xavier-uniform, std sqrt(2/(D+C)) ~0.04 / 0.03.
+
+    Raises:
+        ValueError: unknown scheme.
+    """
+    if scheme == "kaiming_fan_out":
+        nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
+    elif scheme == "kaiming_fan_in":
+        nn.init.kaiming_normal_(weight, mode="fan_in", nonlinearity="relu")
+    elif scheme == "torch_default":
+        nn.init.kaiming_uniform_(weight, a=5**0.5)  # what nn.Conv2d.reset_parameters does
+    elif scheme == "xavier":
+        nn.init.xavier_uniform_(weight)
+    else:
+        raise ValueError(f"model.classifier_init must be one of {CLASSIFIER_INITS}, got {scheme!r}")
+
+
+def build_cam_net(cfg: ModelConfig, num_classes: int, **overrides) -> "CAMNet":
+    """A :class:`CAMNet` from the ``model`` section (``overrides`` replace its fields, e.g.
+    ``pretrained="none"`` for a network whose weights are loaded afterwards)."""
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    return CAMNet(build_backbone(cfg), num_classes, classifier_init=cfg.classifier_init)
 
 
 def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -60,12 +97,12 @@ class CAMNet(nn.Module):
     (equal to classifying GAP-pooled features, the classifier being linear).
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, classifier_init: str = "kaiming_fan_out") -> None:
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
         self.classifier = nn.Conv2d(backbone.out_channels, num_classes, kernel_size=1, bias=False)
-        nn.init.kaiming_normal_(self.classifier.weight, mode="fan_out", nonlinearity="relu")
+        init_classifier(self.classifier.weight, classifier_init)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -113,7 +150,7 @@ class WSSSModule(L.LightningModule):
     # -- to override -------------------------------------------------------------------
     def build_net(self) -> nn.Module:
         """The CAM generator trained by this method (default: :class:`CAMNet`)."""
-        return CAMNet(build_backbone(self.cfg.model), self.num_classes)
+        return build_cam_net(self.cfg.model, self.num_classes)
 
     def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one batch and the scalars to log. Default: the CAM baseline."""

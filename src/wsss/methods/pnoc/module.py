@@ -16,7 +16,6 @@ optimiser. P-NOC's ``noc`` starts from the same weights and is trained.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.config import Config, ConfigError
-from wsss.methods.base import CAMNet, WSSSModule, build_backbone, method_params, multilabel_loss
+from wsss.methods.base import CAMNet, WSSSModule, build_cam_net, method_params, multilabel_loss
 from wsss.methods.pnoc.model import (
     OCCSEParams,
     PNOCParams,
@@ -100,8 +99,7 @@ class _FamilyModule(WSSSModule):
     def build_classifier(self) -> CAMNet:
         """A CAMNet with the generator's architecture, randomly initialised (weights are
         loaded from ``oc_checkpoint`` when training starts, see :meth:`setup`)."""
-        model_cfg = dataclasses.replace(self.cfg.model, pretrained="none")
-        return CAMNet(build_backbone(model_cfg), self.num_classes)
+        return build_cam_net(self.cfg.model, self.num_classes, pretrained="none")
 
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """Training targets: the labels, smoothed when ``method.label_smoothing`` > 0."""
