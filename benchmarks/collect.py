@@ -37,6 +37,7 @@ def collect_run(run: Path) -> dict | None:
     model = _load(run / "model.json") or {}
     timing = _load(run / "metrics" / "timing.json") or {}
     rounds = _load(run / "metrics" / "rounds.json")
+    val = _load(run / "metrics" / "val_seeds.json") or {}
     proto = seeds.get("protocol", {})
     train_seconds = proto.get("total_train_seconds") or model.get("train_seconds") or timing.get("train")
     return {
@@ -53,6 +54,9 @@ def collect_run(run: Path) -> dict | None:
         "recall": seeds.get("recall"),
         "m_under": seeds.get("m_under"),
         "m_over": seeds.get("m_over"),
+        "val_seed_miou_swept": (val.get("best") or {}).get("miou"),
+        "val_threshold": (val.get("best") or {}).get("threshold"),
+        "seed": proto.get("seed"),
         "pseudo_miou": pseudo.get("miou"),
         "confident_miou": conf.get("miou"),
         "confident_coverage": conf.get("coverage"),
