@@ -75,27 +75,30 @@ def path_affinity(boundary: torch.Tensor, radius: int) -> torch.Tensor:
     """Affinity of every pixel with each half-neighbourhood offset: 1 - max boundary on the path.
 
     Args:
-        boundary: (H, W) float boundary probability in [0, 1].
+        boundary: (H, W) or (B, H, W) float boundary probability in [0, 1] (differentiable).
         radius: neighbourhood radius (see :func:`search_offsets`).
 
     Returns:
-        (K, H, W) float, K = len(offsets): ``aff[k, y, x]`` is the affinity between (y, x) and
-        (y + dy_k, x + dx_k); 0 where the partner lies outside the image.
+        (K, H, W) or (B, K, H, W) float, K = len(offsets): ``aff[..., k, y, x]`` is the affinity
+        between (y, x) and (y + dy_k, x + dx_k); 0 where the partner lies outside the image.
     """
-    if boundary.dim() != 2:
-        raise ValueError(f"boundary must be (H, W), got shape {tuple(boundary.shape)}")
+    if boundary.dim() not in (2, 3):
+        raise ValueError(f"boundary must be (H, W) or (B, H, W), got shape {tuple(boundary.shape)}")
+    single = boundary.dim() == 2
+    b = boundary[None] if single else boundary
     offsets, paths = search_offsets(radius)
-    h, w = boundary.shape
+    h, w = b.shape[-2:]
     r = int(radius)
-    padded = F.pad(boundary[None, None].float(), (r, r, r, r), value=1.0)[0, 0]
-    out = torch.empty((len(offsets), h, w), dtype=torch.float32, device=boundary.device)
-    for k, path in enumerate(paths):
+    padded = F.pad(b[:, None].float(), (r, r, r, r), value=1.0)[:, 0]
+    out = []
+    for path in paths:
         m = None
         for py, px in path:
-            view = padded[r + py : r + py + h, r + px : r + px + w]
+            view = padded[:, r + py : r + py + h, r + px : r + px + w]
             m = view if m is None else torch.maximum(m, view)
-        out[k] = 1.0 - m
-    return out
+        out.append(1.0 - m)
+    aff = torch.stack(out, dim=1)
+    return aff[0] if single else aff
 
 
 def transition_csr(aff: torch.Tensor, radius: int, beta: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:

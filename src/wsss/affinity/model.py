@@ -1,0 +1,138 @@
+"""IRN's inter-pixel relation network (boundary branch), its pair labels and its loss.
+
+Source: Ahn, Cho & Kwak, IRN (CVPR 2019) Sec. 3.2, and jiwoon-ahn/irn ``net/resnet50_irn.py``,
+``step/train_irn.py``, ``misc/indexing.py`` (reference-notes, "Affinity and random walk"):
+
+- the backbone is frozen and kept in eval mode (features detached); only the head trains;
+- head: per backbone stage a 1x1 conv to 32 channels + GroupNorm(4) + ReLU, resized to stride 4,
+  concatenated (5 x 32 = 160) -> 1x1 conv (with bias) -> 1 channel; boundary = sigmoid;
+- affinity of a pixel pair = 1 - max boundary on the straight path between them
+  (:func:`wsss.refine.random_walk.path_affinity`), training radius 10;
+- labels: the confident label map (0 background, 1..C class, 255 unsure) at stride 4 (nearest);
+  a pair inside the image with both labels < 255 is positive-background (both 0),
+  positive-foreground (same class > 0) or negative (different labels);
+- loss (train_irn.py): ``(bg_pos / 2 + fg_pos / 2 + neg) / 2`` with ``pos = -log(aff + 1e-5)``,
+  ``neg = -log(1 + 1e-5 - aff)``, each term the mean over its pairs: weights 1/4, 1/4, 1/2.
+  (IRN's displacement branch is for instances and is left out, irn#19.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.backbones import Backbone
+from wsss.refine.random_walk import path_affinity, search_offsets
+
+__all__ = ["BoundaryNet", "pair_labels", "affinity_loss"]
+
+
+class BoundaryNet(nn.Module):
+    """Frozen backbone + IRN boundary head.
+
+    Args:
+        backbone: a :class:`~wsss.backbones.Backbone` (its ImageNet weights; IRN does not start
+            from the CAM network). Frozen here: no gradient, BatchNorm in eval mode.
+        width: channels per stage branch (IRN: 32).
+
+    ``forward(x)``: x (B, 3, H, W) normalised RGB -> boundary logits (B, ceil(H/4), ceil(W/4)).
+    ``boundary(x)``: sigmoid of the mean of the logits of x and of its flip flipped back (IRN
+    ``EdgeDisplacement``), (B, ceil(H/4), ceil(W/4)) in [0, 1].
+    """
+
+    def __init__(self, backbone: Backbone, width: int = 32) -> None:
+        super().__init__()
+        self.backbone = backbone
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.GroupNorm(4, width), nn.ReLU(inplace=True))
+            for c in backbone.stage_channels
+        )
+        self.fuse = nn.Conv2d(width * len(backbone.stage_channels), 1, 1, bias=True)
+
+    def train(self, mode: bool = True) -> "BoundaryNet":
+        super().train(mode)
+        self.backbone.eval()  # IRN: the backbone stays in eval mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = ((x.shape[-2] - 1) // 4 + 1, (x.shape[-1] - 1) // 4 + 1)
+        with torch.no_grad():
+            _, stages = self.backbone.forward_stages(x)
+        feats = []
+        for branch, f in zip(self.branches, stages):
+            y = branch(f.detach())
+            if y.shape[-2:] != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            feats.append(y)
+        return self.fuse(torch.cat(feats, dim=1))[:, 0]
+
+    @torch.no_grad()
+    def boundary(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self(torch.cat([x, x.flip(-1)], dim=0))
+        b = x.shape[0]
+        return torch.sigmoid(logits[:b] / 2 + logits[b:].flip(-1) / 2)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters (the head only)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def pair_labels(labels: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positive-background, positive-foreground and negative pair masks of a label map.
+
+    Args:
+        labels: (B, h, w) int64 label map on the affinity grid (0 bg, 1..C class, 255 unsure
+            or padding).
+        radius: pair radius (IRN training: 10).
+
+    Returns:
+        ``(bg_pos, fg_pos, neg)``, each (B, K, h, w) float32 in {0, 1}, K = number of offsets of
+        :func:`~wsss.refine.random_walk.search_offsets`; entry [b, k, y, x] is the pair
+        ((y, x), (y + dy_k, x + dx_k)); pairs with a partner outside the map or an unsure
+        (255) end are 0 in all three.
+    """
+    if labels.dim() != 3:
+        raise ValueError(f"labels must be (B, h, w), got {tuple(labels.shape)}")
+    offsets, _ = search_offsets(radius)
+    r = int(radius)
+    h, w = labels.shape[-2:]
+    padded = F.pad(labels, (r, r, r, r), value=255)
+    src = labels[:, None]
+    dst = torch.stack([padded[:, r + dy : r + dy + h, r + dx : r + dx + w] for dy, dx in offsets], dim=1)
+    valid = (src < 255) & (dst < 255)
+    same = src == dst
+    bg_pos = (valid & same & (src == 0)).float()
+    fg_pos = (valid & same & (src > 0)).float()
+    neg = (valid & ~same).float()
+    return bg_pos, fg_pos, neg
+
+
+def affinity_loss(boundary: torch.Tensor, labels: torch.Tensor, radius: int = 10, eps: float = 1e-5) -> tuple[torch.Tensor, dict]:
+    """IRN's inter-pixel relation loss on a predicted boundary map.
+
+    Args:
+        boundary: (B, h, w) boundary probability in [0, 1] (sigmoid of the logits).
+        labels: (B, h, w) int64 label map on the same grid (255 = unsure/padding).
+        radius: pair radius (IRN: 10).
+        eps: IRN's 1e-5 inside the logs and denominators.
+
+    Returns:
+        ``(loss, parts)``: loss = bg_pos / 4 + fg_pos / 4 + neg / 2 (scalar, differentiable),
+        parts = the three detached means and the pair counts.
+    """
+    if boundary.shape != labels.shape:
+        raise ValueError(f"boundary {tuple(boundary.shape)} and labels {tuple(labels.shape)} differ")
+    aff = path_affinity(boundary, radius)  # (B, K, h, w)
+    bg_pos, fg_pos, neg = pair_labels(labels, radius)
+    pos_loss = -torch.log(aff + eps)
+    neg_loss = -torch.log(1.0 + eps - aff)
+    bg = (bg_pos * pos_loss).sum() / (bg_pos.sum() + eps)
+    fg = (fg_pos * pos_loss).sum() / (fg_pos.sum() + eps)
+    ng = (neg * neg_loss).sum() / (neg.sum() + eps)
+    loss = (bg / 2 + fg / 2 + ng) / 2
+    parts = {"bg_pos": bg.detach(), "fg_pos": fg.detach(), "neg": ng.detach(),
+             "n_bg_pos": bg_pos.sum().detach(), "n_fg_pos": fg_pos.sum().detach(), "n_neg": neg.sum().detach()}
+    return loss, parts
