@@ -1,19 +1,23 @@
-"""P-NOC family: hand-computed losses, exact puzzle round trip, erasure masks, ramps, smoothing,
-the P-NOC alternation (which network moves in which phase), short Lightning trainings and a
-weights_only resume through the shared trainer on a few real MSRC images."""
+"""P-NOC family: hand-computed losses, exact puzzle round trip, erasure masks (image vs batch
+psi), ramps, smoothing, the P-NOC alternation (which network moves in which phase), training
+losses that are the model.py functions, both noc objectives against autograd on tiny nets,
+short Lightning trainings and a weights_only resume through the shared trainer on a few real
+MSRC images."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from wsss.config import ConfigError, load_config
 from wsss.methods import get_method
-from wsss.methods.base import CAMNet, build_backbone
+from wsss.methods.base import build_cam_net
 from wsss.methods.pnoc.model import (
     PNOCParams,
     POCParams,
@@ -24,6 +28,7 @@ from wsss.methods.pnoc.model import (
     linear_ramp,
     merge,
     noc_loss,
+    noc_objective,
     occse_loss,
     poc_loss,
     psi,
@@ -35,6 +40,7 @@ from wsss.methods.pnoc.model import (
     soft_erase,
     tile,
 )
+import wsss.methods.pnoc.module as pnoc_module
 from wsss.methods.pnoc.module import OCCSEModule, PNOCModule, PuzzleModule
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -216,6 +222,14 @@ def test_cse_occse_poc_noc_losses():
     assert float(cse_loss(oc_logits, t)) == pytest.approx(float(ref), rel=1e-6)
 
 
+def test_noc_objective_paper_and_authors():
+    noc_term, cse = torch.tensor(0.7), torch.tensor(2.0)
+    assert noc_objective(noc_term, cse, 0.3, "paper") is noc_term  # Eq. 10 alone
+    assert float(noc_objective(noc_term, cse, 0.3, "authors")) == pytest.approx(0.7 + 0.3 * 2.0)
+    with pytest.raises(ValueError, match="noc_objective"):
+        noc_objective(noc_term, cse, 0.3, "both")
+
+
 def test_params_defaults_and_validation():
     p = PNOCParams()
     assert (p.alpha_re_from, p.alpha_re_to, p.alpha_re_ramp) == (0.0, 4.0, 0.5)
@@ -227,12 +241,18 @@ def test_params_defaults_and_validation():
         POCParams(psi_norm="channel")
     with pytest.raises(ValueError, match="k_noc"):
         PNOCParams(k_noc=0)
+    assert p.noc_objective == "paper"  # Algorithm 1 as printed, until the val split chooses
+    assert PNOCParams(noc_objective="authors").noc_objective == "authors"
+    with pytest.raises(ValueError, match="noc_objective"):
+        PNOCParams(noc_objective="both")
     cfg = load_config(None, {"method.name": "occse", "method.psi_norm": "batch", "model.pretrained": "none"})
     assert OCCSEModule(cfg, NUM_CLASSES).hp.psi_norm == "batch"
     with pytest.raises(ConfigError, match="alpha_re_to"):  # a Puzzle parameter is unknown to OC-CSE
         OCCSEModule(load_config(None, {"method.name": "occse", "method.alpha_re_to": 2, "model.pretrained": "none"}), 3)
     with pytest.raises(ConfigError, match="delta_noc"):
         PNOCModule(load_config(None, {"method.name": "pnoc", "method.delta_noc": 2, "model.pretrained": "none"}), 3)
+    with pytest.raises(ConfigError, match="noc_objective"):
+        PNOCModule(load_config(None, {"method.name": "pnoc", "method.noc_objective": "x", "model.pretrained": "none"}), 3)
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,7 +262,7 @@ def _save_cam(path, num_classes):
     """A randomly initialised CAMNet saved the way the CAM baseline saves its model."""
     torch.manual_seed(0)
     cfg = load_config(None, {"model.pretrained": "none"})
-    net = CAMNet(build_backbone(cfg.model), num_classes)
+    net = build_cam_net(cfg.model, num_classes)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     return path
 
@@ -343,10 +363,13 @@ def test_cse_skips_images_without_foreground(oc_checkpoint):
     cams = torch.randn(3, NUM_CLASSES, 4, 4, requires_grad=True)
     r = sample_present_class(labels, torch.Generator().manual_seed(0))
     assert r[1] == -1
-    loss = module.cse_term(images, labels, cams, r, Probe())
-    assert seen == [2] and torch.isfinite(loss)
-    none = module.cse_term(images[1:2], labels[1:2], cams[1:2], r[1:2], Probe())
-    assert seen == [2] and float(none.detach()) == 0.0  # no classifier call at all
+    oc_logits, oc_targets = module.cse_inputs(images, labels, cams, r, Probe())
+    assert seen == [2] and oc_logits.shape == oc_targets.shape == (2, NUM_CLASSES)
+    assert torch.equal(oc_targets, remove_class(labels[[0, 2]], r[[0, 2]]))
+    assert torch.isfinite(cse_loss(oc_logits, oc_targets))
+    oc_logits, oc_targets = module.cse_inputs(images[1:2], labels[1:2], cams[1:2], r[1:2], Probe())
+    assert seen == [2] and oc_logits.shape == (0, NUM_CLASSES)  # no classifier call at all
+    assert float(cse_loss(oc_logits, oc_targets)) == 0.0
 
 
 class SpyPNOC(PNOCModule):
@@ -438,3 +461,239 @@ def test_pnoc_resumes_from_weights_only_checkpoint(tmp_path, msrc_root):
     assert '"resumed": true' in meta and '"epochs": 2' in meta
     state2 = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state2["lr_schedulers"][0]["last_epoch"] == 4  # 2 batches per epoch, both epochs counted
+
+
+
+# ---------------------------------------------------------------------------------------
+# training calls the tested functions; the two noc objectives (tiny nets, hand-built cases)
+# ---------------------------------------------------------------------------------------
+class TinyCAM(torch.nn.Module):
+    """A CAM generator small enough for hand checks: 1x1 conv 3 -> 4, tanh, 8x8 average pool
+    (output stride 8), bias-free 1x1 classifier; forward -> (GAP logits, raw CAMs)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.feat = torch.nn.Conv2d(3, 4, 1)
+        self.classifier = torch.nn.Conv2d(4, NUM_CLASSES, 1, bias=False)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def forward(self, x):
+        cams = self.classifier(F.avg_pool2d(torch.tanh(self.feat(x)), 8))
+        return cams.mean(dim=(2, 3)), cams
+
+
+def _spy(fn, calls):
+    def wrapped(*a, **k):
+        out = fn(*a, **k)
+        calls.append((fn.__name__, out))
+        return out
+
+    return wrapped
+
+
+@pytest.mark.parametrize(
+    "name, method, fn",
+    [
+        ("puzzle", {"alpha_re_from": 2.0}, puzzle_loss),
+        ("occse", {"psi_norm": "batch", "label_smoothing": 0.1}, occse_loss),
+        ("poc", {"alpha_re_from": 1.5, "re_mask": "none"}, poc_loss),
+    ],
+)
+def test_training_loss_is_the_model_function(name, method, fn, monkeypatch):
+    """compute_loss (what Lightning back-propagates) returns the very tensor the model.py
+    function returned, and its value equals that function on tensors computed by hand."""
+    module = get_method(name)(_cfg(name, **method), NUM_CLASSES)
+    module.net = TinyCAM(0)
+    if hasattr(module, "oc"):
+        module.oc = TinyCAM(1).requires_grad_(False)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([[1.0, 0, 1], [0, 0, 0], [0, 1, 1]])
+    r = torch.tensor([2, -1, 1])
+    monkeypatch.setattr(module, "sample_classes", lambda _labels: r)
+    calls = []
+    for f in (puzzle_loss, occse_loss, poc_loss):
+        monkeypatch.setattr(pnoc_module, f.__name__, _spy(f, calls))
+    loss, logs = module.compute_loss({"image": images, "label": labels})
+    assert [c[0] for c in calls] == [fn.__name__] and calls[0][1][0] is loss
+
+    # by hand: the same network, the paper's pieces, progress 0 (ramps at their start values)
+    hp = module.hp
+    t = smooth_labels(labels, hp.label_smoothing)
+    logits, cams = module.net(images)
+    if name == "puzzle":
+        cams_re = merge(module.net(tile(images, 2))[1], 3, 2)
+        expected, _ = puzzle_loss(logits, cams, cams_re, t, 2.0, labels)
+        assert float(logs["alpha_re"]) == 2.0
+    else:
+        valid = torch.tensor([0, 2])
+        mask = erasure_map(cams[valid], r[valid], (32, 32), hp.psi_norm, hp.psi_eps)
+        oc_logits = module.oc(soft_erase(images[valid], mask))[0]
+        oc_t = smooth_labels(remove_class(labels[valid], r[valid]), hp.label_smoothing)
+        assert float(logs["lambda_cse"]) == pytest.approx(0.3)
+        if name == "occse":
+            expected, _ = occse_loss(logits, t, oc_logits, oc_t, 0.3)
+        else:
+            cams_re = merge(module.net(tile(images, 2))[1], 3, 2)
+            expected, _ = poc_loss(logits, cams, cams_re, t, oc_logits, oc_t, 1.5, 0.3, None)
+    assert torch.allclose(loss, expected, rtol=1e-6, atol=1e-7)
+    assert loss.requires_grad
+
+
+def test_psi_norm_batch_vs_image_in_the_soft_erasure():
+    """Hand-computed erased images on 2 labelled images (+ 1 without a class, excluded from
+    the batch max as the authors' ``features[label_mask == 1]``): image peaks 4 and 8."""
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros(x.shape[0], NUM_CLASSES), None
+
+    cams = torch.full((3, NUM_CLASSES, 2, 2), 100.0)  # every other map is huge: must not count
+    cams[0, 1] = torch.tensor([[1.0, -2.0], [4.0, 2.0]])
+    cams[2, 2] = torch.tensor([[3.0, 0.0], [0.0, 8.0]])
+    labels = torch.tensor([[0.0, 1, 0], [0, 0, 0], [0, 0, 1]])
+    r = torch.tensor([1, -1, 2])
+    images = torch.full((3, 3, 2, 2), 2.0)  # same size as the CAMs: no resampling
+    expected = {
+        # x (1 - psi): image 0 divided by its own max 4, or by the batch max 8
+        "image": [torch.tensor([[1.5, 2.0], [0.0, 1.0]]), torch.tensor([[1.25, 2.0], [2.0, 0.0]])],
+        "batch": [torch.tensor([[1.75, 2.0], [1.0, 1.5]]), torch.tensor([[1.25, 2.0], [2.0, 0.0]])],
+    }
+    for mode, (e0, e1) in expected.items():
+        module = OCCSEModule(_cfg("occse", psi_norm=mode, psi_eps=0.0), NUM_CLASSES)
+        seen.clear()
+        module.cse_inputs(images, labels, cams, r, Probe())
+        (x,) = seen
+        assert x.shape == (2, 3, 2, 2)
+        for c in range(3):
+            assert torch.allclose(x[0, c], e0) and torch.allclose(x[1, c], e1), mode
+
+
+class TinySet(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        g = torch.Generator().manual_seed(3)
+        self.images = torch.randn(n, 3, 32, 32, generator=g)
+        self.labels = torch.tensor([[1.0, 0, 1], [0, 1, 1], [0, 1, 0]] * n)[:n]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": self.labels[i], "id": str(i)}
+
+
+def _grads(net):
+    return [None if p.grad is None else p.grad.detach().clone() for p in net.parameters()]
+
+
+class TinyPNOC(PNOCModule):
+    """P-NOC on two TinyCAMs; records r, the gradients each optimiser steps on, noc's
+    gradients before every backward and which networks required gradients then."""
+
+    def build_net(self):
+        return TinyCAM(0)
+
+    def build_classifier(self):
+        return TinyCAM(1)
+
+    def setup(self, stage):  # no checkpoint to load: noc starts from TinyCAM(1)
+        self.rs, self.at_step, self.before_backward, self.requires = [], [], [], []
+
+    def sample_classes(self, labels):
+        r = super().sample_classes(labels)
+        self.rs.append(r)
+        return r
+
+    def configure_optimizers(self):
+        opts, scheds = super().configure_optimizers()
+        for tag, opt in zip(("gen", "noc"), opts):
+            opt.register_step_pre_hook(lambda o, a, k, tag=tag: self.at_step.append((tag, _grads(self.net), _grads(self.noc))))
+        return opts, scheds
+
+    def manual_backward(self, loss, *args, **kwargs):
+        self.before_backward.append(_grads(self.noc))
+        self.requires.append((any(p.requires_grad for p in self.net.parameters()),
+                              any(p.requires_grad for p in self.noc.parameters())))
+        super().manual_backward(loss, *args, **kwargs)
+
+
+def _close(a, b):
+    return all(torch.allclose(x, y, rtol=1e-5, atol=1e-7) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("objective", ["paper", "authors"])
+def test_pnoc_noc_objective_gradients_match_autograd(objective, monkeypatch):
+    """One batch of P-NOC through Lightning; the gradients each optimiser steps on are checked
+    against autograd of poc_loss / noc_loss / noc_objective on the same tensors, by hand."""
+    calls = []
+    for f in (poc_loss, noc_loss):
+        monkeypatch.setattr(pnoc_module, f.__name__, _spy(f, calls))
+    L.seed_everything(0, verbose=False)
+    module = TinyPNOC(_cfg("pnoc", noc_objective=objective, alpha_re_from=1.0, lambda_noc_from=0.5), NUM_CLASSES)
+    gen0, noc0 = copy.deepcopy(module.net), copy.deepcopy(module.noc)
+    data = TinySet(2)
+    trainer = _trainer(max_epochs=1, log_every_n_steps=1)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2, shuffle=False))
+    assert [c[0] for c in calls] == ["poc_loss", "noc_loss"]  # the tested functions are the objective
+
+    # by hand, from the weights before the step (progress 0: alpha_re 1, lambda_cse 0.3, lambda_noc 0.5)
+    images, labels, (r,) = data.images, data.labels, module.rs
+    t = smooth_labels(labels, 0.1)
+    logits, cams = gen0(images)
+    cams_re = merge(gen0(tile(images, 2))[1], 2, 2)
+    oc_logits = noc0(soft_erase(images, erasure_map(cams, r, (32, 32), "image", 1e-5)))[0]
+    cse = cse_loss(oc_logits, smooth_labels(remove_class(labels, r), 0.1))
+    l_gen, _ = poc_loss(logits, cams, cams_re, t, oc_logits, smooth_labels(remove_class(labels, r), 0.1), 1.0, 0.3, labels)
+    hard = hard_erase(images, erasure_map(cams.detach(), r, (32, 32), "image", 1e-5), 0.2)
+    l_noc = noc_loss(noc0(hard)[0], t, 0.5)
+    theta_f, theta_noc = list(gen0.parameters()), list(noc0.parameters())
+    d_gen_f = torch.autograd.grad(l_gen, theta_f, retain_graph=True)
+    d_gen_noc = torch.autograd.grad(l_gen, theta_noc, retain_graph=True)
+    d_noc_noc = torch.autograd.grad(l_noc, theta_noc, retain_graph=True)
+    d_obj_noc = torch.autograd.grad(noc_objective(l_noc, cse, 0.3, objective), theta_noc)
+
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(float(l_gen.detach()), rel=1e-6)
+    assert float(trainer.callback_metrics["train/noc_objective"]) == pytest.approx(
+        float(noc_objective(l_noc, cse, 0.3, objective).detach()), rel=1e-6)
+    (tag_g, gen_grads_g, noc_grads_g), (tag_n, gen_grads_n, noc_grads_n) = module.at_step
+    assert (tag_g, tag_n) == ("gen", "noc")
+    assert _close(gen_grads_g, d_gen_f)  # f's step: d L_gen / d theta_f in both variants
+    assert all(g is None for g in gen_grads_n)  # f's gradients zeroed before noc's step
+    assert _close(noc_grads_n, d_obj_noc)  # noc steps on d noc_objective / d theta_noc
+    if objective == "paper":
+        assert all(g is None for g in noc_grads_g), "generator loss leaked into noc"
+        assert _close(noc_grads_n, d_noc_noc)
+        assert module.requires == [(True, False), (False, True)]
+    else:
+        assert _close(noc_grads_g, d_gen_noc)  # deposited by f's backward (authors' code)
+        assert _close(noc_grads_n, [a + b for a, b in zip(d_gen_noc, d_noc_noc)])
+        assert not _close(noc_grads_n, d_noc_noc)  # the two variants really differ
+        assert module.requires == [(True, True), (False, True)]
+    assert all(p.grad is None for p in module.noc.parameters())  # zeroed after noc's step
+
+
+@pytest.mark.parametrize("objective", ["paper", "authors"])
+def test_pnoc_k_noc_2_authors_accumulates_until_noc_steps(objective):
+    """k_noc 2 over 3 batches: backwards gen0, noc0, gen1, gen2, noc2. With "authors" noc's
+    gradient from gen1 is still there at gen2's backward (the authors zero it only after noc's
+    step); with "paper" noc never holds a gradient before a backward."""
+    L.seed_everything(0, verbose=False)
+    module = TinyPNOC(_cfg("pnoc", noc_objective=objective, k_noc=2), NUM_CLASSES)
+    trainer = _trainer(max_epochs=1)
+    trainer.fit(module, torch.utils.data.DataLoader(TinySet(3), batch_size=1, shuffle=False))
+    assert [e[0] for e in module.at_step] == ["gen", "noc", "gen", "gen", "noc"]
+    before = module.before_backward  # noc grads before each of the 5 backwards
+    assert len(before) == 5
+    if objective == "paper":
+        assert all(g is None for grads in before for g in grads)
+        return
+    assert all(g is None for g in before[0]) and all(g is None for g in before[2])  # start, after noc0's step
+    assert all(g is not None for g in before[1])  # gen0 deposited its part before noc0's backward
+    gen1_noc_grads = module.at_step[2][2]
+    assert all(g is not None for g in gen1_noc_grads)
+    assert _close(before[3], gen1_noc_grads)  # kept into gen2's backward: accumulated, not zeroed
+    assert not _close(module.at_step[3][2], gen1_noc_grads)  # gen2 added its own part

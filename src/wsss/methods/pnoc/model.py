@@ -45,7 +45,9 @@ __all__ = [
     "occse_loss",
     "poc_loss",
     "noc_loss",
+    "noc_objective",
     "PSI_MODES",
+    "NOC_OBJECTIVES",
     "RE_MASKS",
     "CLASS_SAMPLING",
 ]
@@ -53,6 +55,8 @@ __all__ = [
 PSI_MODES = ("image", "batch")
 RE_MASKS = ("none", "labels")
 CLASS_SAMPLING = ("uniform",)
+# which loss noc's parameters descend (see :func:`noc_objective`)
+NOC_OBJECTIVES = ("paper", "authors")
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,6 +154,12 @@ class PNOCParams(POCParams):
     noc_checkpoint: str | None = None
     # noc learning rate; null = optim.lr (P-NOC code builds both optimisers with the same --lr)
     noc_lr: float | None = None
+    # what noc minimises (see noc_objective): "paper" = L_noc only, noc shielded from the
+    # generator's loss (Algorithm 1 "fix noc and train f", Eq. 10); "authors" = the generator's
+    # loss also reaches noc, which then descends lambda_cse L_cse + L_noc (lucasdavid/PNOC
+    # scripts/cam/train_pnoc.py: cg_loss.backward() reaches ocnet, only cgopt.zero_grad() before
+    # ocopt.step()). Default "paper" until the val split chooses between them.
+    noc_objective: str = "paper"
 
     def __post_init__(self) -> None:
         POCParams.__post_init__(self)
@@ -158,6 +168,7 @@ class PNOCParams(POCParams):
         _check_range("delta_noc", self.delta_noc, 0.0, 1.0)
         _check_range("lambda_noc_ramp", self.lambda_noc_ramp, 0.0, 1.0)
         _check_choice("noc_psi_norm", self.noc_psi_norm, PSI_MODES)
+        _check_choice("noc_objective", self.noc_objective, NOC_OBJECTIVES)
         if self.noc_lr is not None and float(self.noc_lr) <= 0:
             raise ValueError(f"method.noc_lr must be positive or null, got {self.noc_lr!r}")
 
@@ -502,3 +513,43 @@ def noc_loss(noc_logits: torch.Tensor, targets: torch.Tensor, lambda_noc: float)
     if noc_logits.shape[0] == 0:
         return noc_logits.sum() * 0.0
     return lambda_noc * multilabel_loss(noc_logits, targets)
+
+
+def noc_objective(noc_term: torch.Tensor, cse_term: torch.Tensor, lambda_cse: float, objective: str) -> torch.Tensor:
+    """The loss whose gradient w.r.t. noc's parameters is noc's update direction in P-NOC.
+
+    - ``"paper"`` (Algorithm 1, lines 3-11: "fix noc and train f", then "fix f and train noc";
+      Eq. 10): ``L = L_noc = lambda_noc l_cls(noc(x o (psi(A^r) <= delta_noc)), y)``; noc is
+      shielded from the generator's loss.
+    - ``"authors"`` (lucasdavid/PNOC ``scripts/cam/train_pnoc.py``: ``cg_loss.backward()`` also
+      reaches ``ocnet``, only ``cgopt.zero_grad()`` runs before ``ocopt.step()``):
+      ``L = lambda_cse l_cls(noc(x o (1 - psi(A^r))), y \\ {r}) + L_noc``. The first term is the
+      only part of the generator's P-OC loss (Eq. 8-9) that depends on noc, so
+      ``d L / d theta_noc = d L_gen / d theta_noc + d L_noc / d theta_noc``: noc *cooperates* with f
+      on the softly erased image (it learns to miss r there) and is *adversarial* on the hard
+      erased one (it learns to find r outside f's activation).
+
+    Training does not build this sum: it reproduces the authors' mechanism (the generator's
+    backward deposits ``d L_gen / d theta_noc`` in noc's ``.grad``, noc's own backward adds
+    ``d L_noc / d theta_noc``, then noc steps; with ``k_noc > 1`` the generator part accumulates
+    over the ``k_noc`` generator steps since noc's last step, as in the authors' code).
+    :class:`wsss.methods.pnoc.module.PNOCModule` logs this value (``train/noc_objective``) and
+    the tests check noc's accumulated gradient against the autograd gradient of this function.
+
+    Args:
+        noc_term: scalar ``L_noc`` (already weighted by lambda_noc, see :func:`noc_loss`).
+        cse_term: scalar unweighted ``l_cls(noc(x o (1 - psi(A^r))), y \\ {r})`` (:func:`cse_loss`
+            with noc as the classifier); ignored for ``"paper"``.
+        lambda_cse: lambda_cse at this step (>= 0).
+        objective: ``"paper"`` or ``"authors"``.
+
+    Returns:
+        Scalar tensor.
+
+    Raises:
+        ValueError: unknown objective.
+    """
+    _check_choice("noc_objective", objective, NOC_OBJECTIVES)
+    if objective == "paper":
+        return noc_term
+    return lambda_cse * cse_term + noc_term

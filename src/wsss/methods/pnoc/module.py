@@ -7,7 +7,12 @@ alone, so inference and evaluation are those of every other method.
 - :class:`PuzzleModule` (paper Eq. 3) and :class:`OCCSEModule` (Eq. 6) and :class:`POCModule`
   (Eq. 8) override :meth:`compute_loss` (automatic optimisation).
 - :class:`PNOCModule` (Eq. 8-10, Algorithm 1) uses manual optimisation with two optimisers,
-  generator and noc, each with its own poly schedule stepped once per batch.
+  generator and noc, each with its own poly schedule stepped once per batch;
+  ``method.noc_objective`` chooses between the paper's noc update and the authors' code's.
+
+Every loss that is back-propagated is the value of a tested function of
+:mod:`wsss.methods.pnoc.model` (``puzzle_loss``, ``occse_loss``, ``poc_loss``, ``noc_loss``)
+called on the batch's tensors; this file only schedules, samples and wires networks.
 
 The ordinary classifier ``oc`` (OC-CSE, P-OC) is a frozen CAMNet whose weights are the CAM
 baseline's ``model.safetensors`` (``method.oc_checkpoint``); it stays in eval mode and in no
@@ -16,6 +21,7 @@ optimiser. P-NOC's ``noc`` starts from the same weights and is trained.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
@@ -25,19 +31,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.config import Config, ConfigError
-from wsss.methods.base import CAMNet, WSSSModule, build_cam_net, method_params, multilabel_loss
+from wsss.methods.base import CAMNet, WSSSModule, build_cam_net, method_params
 from wsss.methods.pnoc.model import (
     OCCSEParams,
     PNOCParams,
     POCParams,
     PuzzleParams,
-    cse_loss,
     erasure_map,
     hard_erase,
     linear_ramp,
     merge,
     noc_loss,
-    reconstruction_loss,
+    noc_objective,
+    occse_loss,
+    poc_loss,
+    puzzle_loss,
     remove_class,
     sample_present_class,
     smooth_labels,
@@ -133,41 +141,64 @@ class _FamilyModule(WSSSModule):
             cams_re = F.interpolate(cams_re, size=tuple(size), mode="bilinear", align_corners=False)
         return cams_re
 
-    def cse_term(
+    def cse_inputs(
         self, images: torch.Tensor, labels: torch.Tensor, cams: torch.Tensor, r: torch.Tensor, classifier: nn.Module
-    ) -> torch.Tensor:
-        """Unweighted ``l_cls(classifier(x o (1 - psi(A^r))), y \\ {r})`` over the images that
-        have a class (Eq. 4-6); 0 without running the classifier when none has."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the CSE term of Eq. 6/8/9 scores: the classifier's logits on the softly erased
+        images ``x o (1 - psi(A^r))`` (Eq. 4-5) and their targets ``y \\ {r}`` (smoothed like every
+        target), over the N images that have a class (``r >= 0``).
+
+        Args:
+            images: (B, 3, H, W) normalised images; labels: (B, C) multi-hot; cams: (B, C, h, w)
+                raw generator CAMs (gradients flow back through the mask); r: (B,) class or -1;
+            classifier: oc (frozen) or noc, ``forward(x) -> (logits, cams)``.
+
+        Returns:
+            ``(oc_logits (N, C), oc_targets (N, C))``; two (0, C) tensors without running the
+            classifier when no image has a class (then :func:`cse_loss` is 0).
+        """
         valid = r >= 0
         if not bool(valid.any()):
-            return cams.sum() * 0.0
+            empty = cams.new_zeros(0, cams.shape[1])
+            return empty, empty
         mask = erasure_map(cams[valid], r[valid], tuple(images.shape[-2:]), self.hp.psi_norm, self.hp.psi_eps)
         oc_logits, _ = classifier(soft_erase(images[valid], mask))
-        return cse_loss(oc_logits, self.targets(remove_class(labels[valid], r[valid])))
+        return oc_logits, self.targets(remove_class(labels[valid], r[valid]))
 
     def generator_objective(
         self, batch: dict[str, Any], r: torch.Tensor | None, classifier: nn.Module | None, progress: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """The generator loss of the configured method (Eq. 3, 6 or 8) and the raw CAMs A."""
+        """The generator loss of the configured method and the raw CAMs A (B, C, h, w).
+
+        The loss is the value of the tested function of :mod:`wsss.methods.pnoc.model`, called
+        on this batch's tensors: :func:`puzzle_loss` (Eq. 3), :func:`occse_loss` (Eq. 6) or
+        :func:`poc_loss` (Eq. 8; P-NOC's generator, Eq. 9, with noc as the classifier). Logs
+        hold its unweighted terms plus the weights ``alpha_re`` / ``lambda_cse`` of this step.
+        """
         images, labels = batch["image"], batch["label"]
         t = self.targets(labels)
         logits, cams = self.net(images)
-        cls = multilabel_loss(logits, t)
-        loss = cls
-        logs: dict[str, torch.Tensor] = {"cls": cls.detach()}
+        weights: dict[str, float] = {}
         if self.uses_puzzle:
             cams_re = self.merged_tile_cams(images, tuple(cams.shape[-2:]))
-            re_cls = multilabel_loss(cams_re.mean(dim=(2, 3)), t)
-            re = reconstruction_loss(cams, cams_re, labels if self.hp.re_mask == "labels" else None)
-            a = self.alpha_re(progress)
-            loss = loss + re_cls + a * re
-            logs.update(re_cls=re_cls.detach(), re=re.detach(), alpha_re=torch.tensor(a))
+            re_labels = labels if self.hp.re_mask == "labels" else None
+            weights["alpha_re"] = self.alpha_re(progress)
         if self.uses_cse:
-            assert r is not None and classifier is not None
-            cse = self.cse_term(images, labels, cams, r, classifier)
-            lam = self.lambda_cse(progress)
-            loss = loss + lam * cse
-            logs.update(cse=cse.detach(), lambda_cse=torch.tensor(lam))
+            if r is None or classifier is None:
+                raise ValueError(f"{type(self).__name__}: the CSE term needs sampled classes r and a classifier")
+            oc_logits, oc_targets = self.cse_inputs(images, labels, cams, r, classifier)
+            weights["lambda_cse"] = self.lambda_cse(progress)
+        if self.uses_puzzle and self.uses_cse:
+            loss, logs = poc_loss(
+                logits, cams, cams_re, t, oc_logits, oc_targets, weights["alpha_re"], weights["lambda_cse"], re_labels
+            )
+        elif self.uses_puzzle:
+            loss, logs = puzzle_loss(logits, cams, cams_re, t, weights["alpha_re"], re_labels)
+        elif self.uses_cse:
+            loss, logs = occse_loss(logits, t, oc_logits, oc_targets, weights["lambda_cse"])
+        else:  # pragma: no cover - every registered subclass sets one flag
+            raise TypeError(f"{type(self).__name__} sets neither uses_puzzle nor uses_cse")
+        logs.update({k: torch.tensor(v) for k, v in weights.items()})
         return loss, logs, cams
 
     def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -227,12 +258,25 @@ class POCModule(_WithFrozenOC):
 class PNOCModule(_FamilyModule):
     """P-NOC (paper Eq. 8-10, Algorithm 1).
 
-    Every batch: (1) noc frozen, the generator f takes one SGD step on the P-OC loss (Eq. 8)
-    with noc as the classifier of the soft-erased image (Eq. 9); (2) every ``k_noc`` batches,
-    f frozen, noc takes one SGD step on ``lambda_noc l_cls(noc(x o (psi(A^r) <= delta_noc)), y)``
-    (Eq. 10), A being the CAMs f produced in step (1) (before its update, as Algorithm 1 and
-    the authors' code). noc starts from the CAM baseline (``noc_checkpoint`` or
-    ``oc_checkpoint``); its state is part of the Lightning checkpoint, so resuming continues it.
+    Every batch: (1) the generator f takes one SGD step on the P-OC loss (:func:`poc_loss`,
+    Eq. 8) with noc as the classifier of the soft-erased image (Eq. 9); (2) every ``k_noc``
+    batches noc takes one SGD step on ``L_noc = lambda_noc l_cls(noc(x o (psi(A^r) <= delta_noc)), y)``
+    (:func:`noc_loss`, Eq. 10), A being the CAMs f produced in step (1) (before its update, as
+    Algorithm 1 and the authors' code), f frozen.
+
+    ``method.noc_objective`` (:func:`noc_objective`) decides what reaches noc in step (1):
+
+    - ``"paper"`` (default): noc is frozen during f's step (its parameters do not require
+      gradients: Algorithm 1 "fix noc and train f"), so noc descends ``L_noc`` alone.
+    - ``"authors"`` (lucasdavid/PNOC ``train_pnoc.py``): f's backward also fills noc's ``.grad``
+      with ``d L_gen / d theta_noc``; only f's gradients are zeroed; noc's backward adds
+      ``d L_noc / d theta_noc`` and noc steps on the sum, then zeroes its gradients. With
+      ``k_noc > 1`` the generator part accumulates over the generator steps since noc's last
+      step (as the authors' code, which zeroes noc's gradients only after its step).
+
+    noc starts from the CAM baseline (``noc_checkpoint`` or ``oc_checkpoint``); its state is
+    part of the Lightning checkpoint, so resuming continues it (gradients accumulated between
+    noc steps, ``"authors"`` with ``k_noc > 1`` only, are not checkpointed).
 
     Lightning counts both optimisers' steps in ``global_step``: with ``k_noc = 1`` a batch is
     2 steps, so give P-NOC runs ``trainer.max_epochs`` (``max_steps`` counts both networks).
@@ -297,19 +341,27 @@ class PNOCModule(_FamilyModule):
 
     # -- the two phases of Algorithm 1 ------------------------------------------------------
     def generator_phase(self, batch: dict[str, Any], r: torch.Tensor, progress: float):
-        """Fix noc, update f by the P-OC loss (Algorithm 1 lines 3-6). Returns (loss, logs, A)."""
+        """Update f by the P-OC loss (Algorithm 1 lines 3-6). With ``noc_objective: paper`` noc's
+        parameters do not require gradients here; with ``authors`` they do, and the backward
+        leaves ``d L_gen / d theta_noc`` in noc's ``.grad`` (only f's gradients are zeroed).
+        Returns (detached loss, logs, detached A)."""
         opt_g = self.optimizers()[0]
         self.noc.eval()
-        with self.toggled_optimizer(opt_g):  # noc parameters: requires_grad False
+        shield = self.hp.noc_objective == "paper"
+        # toggled_optimizer(opt_g): parameters of the other optimiser (noc) get requires_grad False
+        with self.toggled_optimizer(opt_g) if shield else contextlib.nullcontext():
             loss, logs, cams = self.generator_objective(batch, r, self.noc, progress)
             opt_g.zero_grad()
             self.manual_backward(loss)
             opt_g.step()
+            opt_g.zero_grad()  # f's gradients only (authors: cgopt.zero_grad() after its step)
         return loss.detach(), logs, cams.detach()
 
     def noc_phase(self, batch: dict[str, Any], r: torch.Tensor, cams: torch.Tensor, progress: float):
-        """Fix f, update noc on the hard-erased images (Algorithm 1 lines 8-11). Returns the
-        weighted loss, or None when no image of the batch has a class to erase."""
+        """Fix f, update noc on the hard-erased images (Algorithm 1 lines 8-11). With
+        ``noc_objective: authors`` noc's gradient left by the generator phase is kept and
+        ``d L_noc / d theta_noc`` is added to it before the step. Returns the weighted ``L_noc``
+        (:func:`noc_loss`), or None when no image of the batch has a class to erase."""
         valid = r >= 0
         if not bool(valid.any()):
             return None
@@ -323,9 +375,11 @@ class PNOCModule(_FamilyModule):
             with self.toggled_optimizer(opt_n):  # generator parameters: requires_grad False
                 logits, _ = self.noc(erased)
                 loss = noc_loss(logits, self.targets(labels), self.lambda_noc(progress))
-                opt_n.zero_grad()
+                if self.hp.noc_objective == "paper":
+                    opt_n.zero_grad()  # noc descends L_noc alone
                 self.manual_backward(loss)
                 opt_n.step()
+                opt_n.zero_grad()  # authors: ocopt.zero_grad() after ocopt.step()
         finally:
             self.noc.eval()
         return loss.detach()
@@ -341,6 +395,9 @@ class PNOCModule(_FamilyModule):
             noc = self.noc_phase(batch, r, cams, progress)
             if noc is not None:
                 logs["noc"] = noc
+                logs["noc_objective"] = noc_objective(
+                    noc, logs["cse"], float(logs["lambda_cse"]), self.hp.noc_objective
+                ).detach()
         sched_n.step()  # noc's lr follows training progress even when k_noc > 1
         logs["lambda_noc"] = torch.tensor(self.lambda_noc(progress))
         bs = batch["image"].shape[0]
