@@ -154,3 +154,28 @@ def test_unlabelled_images_can_be_left_out_of_training(msrc_root):
     ds = ClassificationDataset(layout, skip_unlabelled=True)
     assert len(ds) == 354 - 61
     assert all(float(ds[i]["label"].sum()) > 0 for i in range(0, len(ds), 37))
+
+
+@pytest.mark.parametrize("bn_mode, frozen_stats", [("frozen", True), ("batch_stats", False), ("trainable", False)])
+def test_bn_mode_survives_a_lightning_fit(bn_mode, frozen_stats):
+    """Lightning >= 2.2 does not call .train() when fit starts; 'frozen' BatchNorm must still keep
+    its running statistics (it silently did not before 2026-11-23: wsss trained in batch_stats)."""
+    import lightning as L
+
+    cfg = load_config("configs/msrc/cam.yaml", {"model.pretrained": "none"})
+    module = WSSSModule(cfg, num_classes=4)
+    module.net = build_cam_net(cfg.model, 4, bn_mode=bn_mode) if hasattr(cfg.model, "bn_mode") else module.net
+    if not hasattr(cfg.model, "bn_mode"):
+        from wsss.backbones import Backbone
+        from wsss.methods.base import CAMNet
+
+        module.net = CAMNet(Backbone("efficientnet_lite0", 16, "none", bn_mode=bn_mode), 4)
+    bn = [m for m in module.net.modules() if isinstance(m, nn.BatchNorm2d)][5]
+    before = bn.running_mean.clone()
+    ds = [{"image": torch.randn(3, 64, 64), "label": torch.ones(4)} for _ in range(4)]
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, torch.utils.data.DataLoader(ds, batch_size=2))
+    assert (int(bn.num_batches_tracked) == 0) == frozen_stats
+    assert torch.equal(bn.running_mean, before) == frozen_stats
+    assert bn.weight.requires_grad == (bn_mode == "trainable")

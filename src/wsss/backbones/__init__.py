@@ -22,7 +22,9 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "load_state_dict_file", "OFFLINE_WEIGHTS"]
+__all__ = ["Backbone", "BN_MODES", "load_state_dict_file", "OFFLINE_WEIGHTS"]
+
+BN_MODES = ("frozen", "batch_stats", "trainable")
 
 # timm name -> (package module, class with get_model_file_path)
 OFFLINE_WEIGHTS: dict[str, tuple[str, str]] = {
@@ -99,11 +101,17 @@ class Backbone(nn.Module):
         output_stride: 8, 16 or 32; later stages are dilated instead of strided.
         pretrained: ``"offline"``, ``"none"`` or a path to a weights file (see module doc).
         freeze_stem: stop gradients into the stem (and ResNet ``layer1``), as IRN.
-        freeze_bn: keep every BatchNorm in eval mode with frozen affine parameters, as IRN.
+        freeze_bn: shorthand for ``bn_mode``: True = ``"frozen"``, False = ``"trainable"``.
         feature_layer: which map ``forward`` returns. ``"head"``: timm's ``forward_features``
             (for EfficientNet the 1x1 ``conv_head`` expansion, 1280 ch on Lite0; for ResNet the
             last stage); ``"last_stage"``: the output of the last stage (320 ch on Lite0, the
             head is pruned away). For ResNet-style nets both are the same map.
+        bn_mode: ``"frozen"`` (IRN: every BatchNorm in eval mode, running statistics and affine
+            parameters fixed), ``"batch_stats"`` (affine fixed but BatchNorm in training mode:
+            normalises by each batch's statistics and updates the running ones; this is what wsss
+            trained with before 2026-11-23, because Lightning >= 2.2 never calls ``.train()`` at
+            the start of ``fit`` and the eval override below was never reached) or
+            ``"trainable"`` (plain fine-tuning). None = from ``freeze_bn``.
 
     Shapes:
         ``forward(x)`` with x (B, 3, H, W) normalised RGB returns the last feature map
@@ -120,8 +128,12 @@ class Backbone(nn.Module):
         freeze_stem: bool = True,
         freeze_bn: bool = True,
         feature_layer: str = "head",
+        bn_mode: str | None = None,
     ) -> None:
         super().__init__()
+        bn_mode = bn_mode or ("frozen" if freeze_bn else "trainable")
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
         if feature_layer not in ("head", "last_stage"):
             raise ValueError(f"feature_layer must be 'head' or 'last_stage', got {feature_layer!r}")
         self.feature_layer = feature_layer
@@ -150,20 +162,23 @@ class Backbone(nn.Module):
             self.out_channels = self.stage_channels[-1]
         else:
             self.out_channels = int(getattr(self.model, "num_features", self.stage_channels[-1]))
-        self.freeze_bn = freeze_bn
+        self.bn_mode = bn_mode
         if freeze_stem:
             for pname, p in self.model.named_parameters():
                 if pname.startswith(_STEM_PREFIXES):
                     p.requires_grad_(False)
-        if freeze_bn:
+        if bn_mode in ("frozen", "batch_stats"):
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     for p in m.parameters():
                         p.requires_grad_(False)
+        # Put frozen BatchNorm in eval mode now: Lightning >= 2.2 keeps the modes modules have
+        # when fit starts instead of calling .train(), so the override below alone is not enough.
+        self.train()
 
     def train(self, mode: bool = True) -> "Backbone":
         super().train(mode)
-        if self.freeze_bn:
+        if self.bn_mode == "frozen":
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
