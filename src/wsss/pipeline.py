@@ -1,243 +1,196 @@
-"""Stages of a run and their order.
+"""A whole run from its config: dependencies, then the method's recipe over the shared stages.
 
-    train -> infer (cams/<id>.npz) -> evaluate (metrics/seeds.json)
-          -> refine (pseudo/<id>.png, confident/<id>.png, metrics/pseudo.json) -> report
+    requires (other runs, found by fingerprint or run first)
+      -> train -> infer (cams/<id>.npz) -> evaluate (metrics/seeds.json)
+      -> refine (pseudo/<id>.png, confident/<id>.png, metrics/pseudo.json) -> report
 
-Every stage reads and writes files in ``cfg.output_dir`` only, skips work whose output
-already exists, and can be re-run alone (``wsss <stage>``). A method may replace the
-whole order by defining ``run_pipeline(cfg)`` on its LightningModule class (GSLM does:
-several training rounds).
+The stages live in :mod:`wsss.stages` (re-exported here for compatibility); each records a
+fingerprint of the config keys it depends on and reuses, resumes, recomputes (``overwrite``)
+or refuses (one line naming the changed key) accordingly. A method whose LightningModule class
+sets ``recipe = "rounds"`` is run by ``wsss.recipes.rounds.run_rounds`` instead of the plain
+sequence (table :data:`RECIPES`, imported lazily).
+
+**Dependencies.** A config may name other runs it needs: ``requires: {oc: configs/msrc/cam.yaml}``.
+Each one is loaded with the parent's command-line overrides (minus ``output_dir``, ``method.*``
+and ``requires.*``, which belong to the parent), written to its own ``output_dir`` - or to
+``<parent output_dir>/requires/<name>`` when the parent's ``output_dir`` was given on the command
+line - and run (every stage whose fingerprint matches is reused, so a finished dependency costs
+nothing). The method class's ``requires_map`` then says which method parameter receives the
+dependency's run dir or a file in it; the dependencies' fingerprints enter the parent's train
+fingerprint (``requires.<name>``) and protocol (``fingerprints/requires.json``). The single-stage
+commands can point at the dependencies without running them: ``resolve_requires(cfg, run=False)``.
 """
 
 from __future__ import annotations
 
-import platform
-import time
+import importlib
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
+from wsss.config import Config, ConfigError
+from wsss.io import write_json
+from wsss.stages import (
+    barrier,
+    dist_info,
+    fixed_threshold,
+    is_worker_rank,
+    layout_for,
+    protocol,
+    run_fingerprint,
+    stage_evaluate,
+    stage_infer,
+    stage_refine,
+    stage_report,
+    stage_train,
+)
 
-from wsss.config import Config
-from wsss.data.voc import VOCLayout
-from wsss.io import read_json, write_json
+__all__ = [
+    "RECIPES",
+    "run_pipeline",
+    "resolve_requires",
+    "run_fingerprint",
+    "is_worker_rank",
+    "stage_train",
+    "stage_infer",
+    "stage_evaluate",
+    "stage_refine",
+    "stage_report",
+    "layout_for",
+    "protocol",
+    "fixed_threshold",
+    "barrier",
+    "dist_info",
+]
 
-__all__ = ["is_worker_rank", "stage_train", "stage_infer", "stage_evaluate", "stage_refine", "stage_report", "run_pipeline", "layout_for", "protocol"]
+#: recipe name (a method class's ``recipe``) -> ``"module:function"`` taking the config, returning a dict
+RECIPES: dict[str, str] = {"rounds": "wsss.recipes.rounds:run_rounds"}
 
-
-def layout_for(cfg: Config, split: str) -> VOCLayout:
-    """A split of the configured dataset, limited by ``data.limit``."""
-    d = cfg.data
-    return VOCLayout(d.root, split, limit=d.limit, mask_dir=d.mask_dir, check_files=d.check_files)
-
-
-def _device(cfg: Config) -> torch.device:
-    acc = str(cfg.trainer.get("accelerator", "auto"))
-    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _timing(cfg: Config, stage: str, seconds: float) -> None:
-    path = Path(cfg.output_dir) / "metrics" / "timing.json"
-    data = read_json(path) if path.is_file() else {}
-    data[stage] = round(seconds, 1)
-    write_json(path, data)
-
-
-def protocol(cfg: Config) -> dict:
-    """What a reader needs to compare two runs: backbone, crop, epochs, TTA, CRF, machine."""
-    meta_path = Path(cfg.output_dir) / "model.json"
-    meta = read_json(meta_path) if meta_path.is_file() else {}
-    timing_path = Path(cfg.output_dir) / "metrics" / "timing.json"
-    return {
-        "method": cfg.method,
-        "config": cfg.source,
-        "dataset": str(cfg.data.root),
-        "train_split": cfg.data.train_split,
-        "limit": cfg.data.limit,
-        "backbone": cfg.model.backbone,
-        "output_stride": cfg.model.output_stride,
-        "pretrained": cfg.model.pretrained,
-        "crop": cfg.data.crop_size,
-        "resize_long": cfg.data.resize_long,
-        "batch_size": cfg.data.batch_size,
-        "epochs": cfg.trainer.get("max_epochs"),
-        "lr": cfg.optim.lr,
-        "tta_scales": cfg.inference.scales,
-        "tta_flip": cfg.inference.flip,
-        "bf16": cfg.inference.bf16,
-        "crf": cfg.refine.enabled,
-        "threshold_from": cfg.evaluation.threshold_from,
-        "seed": cfg.seed,
-        "train_seconds": meta.get("train_seconds"),
-        "stage_seconds": read_json(timing_path) if timing_path.is_file() else {},
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
-    }
+#: command-line overrides that are the parent's own and never passed to a dependency
+_PARENT_ONLY = ("output_dir", "method", "requires", "overwrite")
 
 
-def _sweep(cfg: Config) -> np.ndarray:
-    start, stop, step = cfg.evaluation.sweep
-    return np.round(np.arange(start, stop + step / 2, step), 4)
+def _resolve_config_path(path: str, parent: Config) -> Path:
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    candidates = []
+    if parent.source:
+        candidates.append(Path(parent.source).parent / p)
+    candidates.append(Path.cwd() / p)
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    where = parent.source or "config"
+    raise ConfigError(f"{where}: requires: config {path!r} not found (looked in {', '.join(str(c.parent) for c in candidates)})")
 
 
-def stage_train(cfg: Config) -> Path:
-    """Train the configured method (see :func:`wsss.training.train`)."""
-    from wsss.training import train
-
-    t = time.time()
-    out = train(cfg)
-    _timing(cfg, "train", time.time() - t)
-    return out
+def _dependency_overrides(cfg: Config) -> dict[str, Any]:
+    over = dict(getattr(cfg, "overrides", None) or {})
+    return {k: v for k, v in over.items() if k.split(".", 1)[0] not in _PARENT_ONLY}
 
 
-def stage_infer(cfg: Config, splits: list[str] | None = None) -> None:
-    """TTA CAMs for ``inference.splits`` (plus the eval split) into ``<run>/cams/``."""
-    from wsss.data.transforms import normalization_stats
-    from wsss.inference.tta import infer_split
-    from wsss.training import load_generator
+def resolve_requires(cfg: Config, *, run: bool = True, _stack: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Run (or reuse) every dependency of ``cfg`` and point the method's parameters at them.
 
-    t = time.time()
-    device = _device(cfg)
-    splits = splits or _infer_splits(cfg)
-    layouts = [layout_for(cfg, s) for s in splits]
-    net = load_generator(cfg, num_classes=layouts[0].num_classes)
-    inf = cfg.inference
-    mean, std = normalization_stats(cfg.model.normalization)
-    for layout in layouts:
-        infer_split(net, layout, Path(cfg.output_dir) / "cams", scales=inf.scales, flip=inf.flip, device=device,
-                    channels_last=inf.channels_last, bf16=inf.bf16, mean=mean, std=std)
-    _timing(cfg, "infer", time.time() - t)
+    For each ``name, config_path`` in ``cfg.requires``: load it with the parent's command-line
+    overrides (see the module docstring), choose its output dir, run :func:`run_pipeline` on it
+    (finished stages are reused by fingerprint; ``run=False``: do not run it, only point at it,
+    for the single-stage commands), then set ``cfg.method[param] = str(run_dir / file)`` from
+    the method class's ``requires_map[name] = (param, file)``. Mutates ``cfg.method``. The
+    dependency's fingerprint enters the parent's train fingerprint as ``requires.<name>`` (see
+    :func:`wsss.stages.stage_train`).
 
+    Returns:
+        ``{name: {"config", "run_dir", "fingerprint", "param"}}`` (also written, on rank 0, to
+        ``<run>/fingerprints/requires.json``); ``{}`` without dependencies.
 
-def _infer_splits(cfg: Config) -> list[str]:
-    splits = list(dict.fromkeys([cfg.data.eval_split, *cfg.inference.splits]))
-    if cfg.evaluation.threshold_from and cfg.evaluation.threshold_from not in splits:
-        splits.append(cfg.evaluation.threshold_from)
-    return splits
-
-
-def fixed_threshold(cfg: Config, cam_dir: Path | None = None) -> tuple[float, str]:
-    """The fixed background threshold and where it came from.
-
-    With ``evaluation.threshold_from: val`` the threshold is the best of a sweep on the val
-    split (written to ``metrics/<split>_seeds.json``), applied unchanged to the eval split;
-    otherwise ``evaluation.threshold`` from the config (the paper's value).
+    Raises:
+        ConfigError: dependency config not found; a dependency cycle; a dependency the method
+            does not take (not in its ``requires_map``).
     """
-    from wsss.evaluation.seeds import best_threshold, evaluate_seeds
+    from wsss.config import load_config
+    from wsss.methods import get_method
 
-    src = cfg.evaluation.threshold_from
-    if not src:
-        return float(cfg.evaluation.threshold), "config"
-    path = Path(cfg.output_dir) / "metrics" / f"{src}_seeds.json"
-    if path.is_file():
-        res = read_json(path)
-    else:
-        cam_dir = cam_dir or Path(cfg.output_dir) / "cams"
-        res = evaluate_seeds(layout_for(cfg, src), cam_dir, cfg.evaluation.threshold, sweep=_sweep(cfg))
-        res["protocol"] = protocol(cfg)
-        write_json(path, res)
-    return float(best_threshold(res)), f"best of the sweep on {src}"
-
-
-def stage_evaluate(cfg: Config, cam_dir: Path | None = None, name: str = "seeds") -> dict:
-    """Seed mIoU on the eval split at the fixed threshold, plus the sweep; ``metrics/<name>.json``."""
-    from wsss.evaluation.seeds import evaluate_seeds
-
-    t = time.time()
-    cam_dir = cam_dir or Path(cfg.output_dir) / "cams"
-    thr, source = fixed_threshold(cfg, cam_dir)
-    res = evaluate_seeds(layout_for(cfg, cfg.data.eval_split), cam_dir, thr, sweep=_sweep(cfg))
-    res["threshold_source"] = source
-    _timing(cfg, "evaluate", time.time() - t)
-    res["protocol"] = protocol(cfg)
-    write_json(Path(cfg.output_dir) / "metrics" / f"{name}.json", res)
-    _print_summary(name, res)
-    return res
-
-
-def stage_refine(cfg: Config) -> dict | None:
-    """Dense-CRF pseudo masks (``pseudo/``) and confident labels (``confident/``), evaluated."""
-    from wsss.evaluation.seeds import evaluate_masks
-    from wsss.refine.crf import CRFParams
-    from wsss.refine.pseudo import make_pseudo_masks
-
-    if not cfg.refine.enabled:
-        print("[refine] disabled (refine.enabled: false)")
-        return None
-    t = time.time()
-    run = Path(cfg.output_dir)
-    layout = layout_for(cfg, cfg.data.eval_split)
-    seeds_path = run / "metrics" / "seeds.json"
-    thr = read_json(seeds_path)["threshold"] if seeds_path.is_file() else fixed_threshold(cfg)[0]
-    params = CRFParams.from_dict(cfg.refine.crf)
-    r = cfg.refine
-    make_pseudo_masks(layout, run / "cams", run / "pseudo", kind="dense", threshold=thr, params=params, workers=r.workers)
-    results = {}
-    res = evaluate_masks(layout, run / "pseudo")
-    res.update(stage="pseudo", threshold=thr, threshold_mode="fixed", crf=params.__dict__)
-    results["pseudo"] = res
-    if r.confident:
-        make_pseudo_masks(layout, run / "cams", run / "confident", kind="confident", fg_threshold=r.fg_threshold,
-                          bg_threshold=r.bg_threshold, params=params, workers=r.workers)
-        conf = evaluate_masks(layout, run / "confident")
-        conf.update(stage="confident", fg_threshold=r.fg_threshold, bg_threshold=r.bg_threshold, crf=params.__dict__)
-        results["confident"] = conf
-    _timing(cfg, "refine", time.time() - t)
-    for name, res in results.items():
-        res["protocol"] = protocol(cfg)
-        write_json(run / "metrics" / f"{name}.json", res)
-        _print_summary(name, res)
-    return results["pseudo"]
+    requires = dict(getattr(cfg, "requires", None) or {})
+    if not requires:
+        return {}
+    method_cls = get_method(cfg.method_name)
+    rmap = dict(getattr(method_cls, "requires_map", {}) or {})
+    where = cfg.source or "config"
+    unknown = sorted(set(requires) - set(rmap))
+    if unknown:
+        raise ConfigError(f"{where}: requires {unknown} not used by method '{cfg.method_name}' "
+                          f"(it takes: {sorted(rmap) or 'none'})")
+    over = _dependency_overrides(cfg)
+    parent_out_overridden = "output_dir" in (getattr(cfg, "overrides", None) or {})
+    me = str(Path(cfg.source).resolve()) if cfg.source else "<config>"
+    stack = (*_stack, me)
+    records: dict[str, dict] = {}
+    for name, path in sorted(requires.items()):
+        dep_path = _resolve_config_path(str(path), cfg)
+        if str(dep_path) in stack:
+            chain = " -> ".join([*stack[stack.index(str(dep_path)):], str(dep_path)])
+            raise ConfigError(f"{where}: dependency cycle: {chain}")
+        dep = load_config(dep_path, over)
+        dep.overrides = dict(over)
+        if parent_out_overridden:  # and its own dependencies nest below it in turn
+            dep.output_dir = str(Path(cfg.output_dir) / "requires" / name)
+            dep.overrides["output_dir"] = dep.output_dir
+        if getattr(cfg, "overwrite", False):
+            dep.overwrite = True
+        print(f"[requires] {name}: {dep_path} -> {dep.output_dir}")
+        if run:
+            run_pipeline(dep, _stack=stack)
+        else:  # still walk its own dependencies for cycles
+            resolve_requires(dep, run=False, _stack=stack)
+        param, file = rmap[name]
+        run_dir = Path(dep.output_dir)
+        target = run_dir / file if file else run_dir
+        cfg.method = {**cfg.method, param: str(target)}
+        records[name] = {"config": str(dep_path), "run_dir": str(run_dir), "param": param,
+                         "fingerprint": run_fingerprint(run_dir, file)}
+    if not is_worker_rank():
+        write_json(Path(cfg.output_dir) / "fingerprints" / "requires.json", records)
+    return records
 
 
-def stage_report(cfg: Config) -> Path:
-    """``<run>/report/index.html``: metrics tables, sweep plot, CAM and mask overlays."""
-    from wsss.report.html import build_report
-
-    layout = layout_for(cfg, cfg.data.eval_split)
-    path = build_report(cfg.output_dir, layout, num_samples=cfg.report.num_samples, title=f"wsss run: {cfg.method_name}")
-    print(f"[report] {path}")
-    return path
+def _load_recipe(name: str):
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; known recipes: {sorted(RECIPES)}")
+    mod, fn = RECIPES[name].split(":")
+    return getattr(importlib.import_module(mod), fn)
 
 
-def _print_summary(name: str, res: dict) -> None:
-    line = f"[{name}] {res.get('split')} ({res.get('num_images')} images): mIoU {res['miou']:.2f}"
-    if res.get("threshold") is not None and res.get("threshold_mode") == "fixed":
-        line += f" at fixed background threshold {res['threshold']:.2f}"
-        if res.get("threshold_source"):
-            line += f" ({res['threshold_source']})"
-    if "best" in res:
-        line += f"; swept best {res['best']['miou']:.2f} at {res['best']['threshold']:.2f}"
-    if res.get("fg_threshold") is not None:
-        line += f" (confident labels, fg >= {res['fg_threshold']:.2f}, bg < {res['bg_threshold']:.2f})"
-    if "coverage" in res:
-        line += f"; coverage {res['coverage']:.1f}%"
-    print(line)
+def run_pipeline(cfg: Config, *, _stack: tuple[str, ...] = ()) -> dict:
+    """Dependencies first, then all stages in order (or the method's recipe).
 
+    Returns:
+        ``{"seeds": <metrics/seeds.json>, "pseudo": <metrics/pseudo.json or None>}`` for the plain
+        sequence, the recipe's dict otherwise; ``{}`` on a non-zero DDP rank.
 
-def is_worker_rank() -> bool:
-    """True in a non-zero DDP rank: Lightning relaunches the whole command once per device, and
-    only rank 0 may go on to inference, evaluation and refinement after training."""
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
-
-
-def run_pipeline(cfg: Config) -> dict:
-    """All stages in order; a method's own ``run_pipeline`` takes over when it has one."""
+    Raises:
+        ValueError / ConfigError / FileNotFoundError: as the stages (one line each).
+    """
     from wsss.methods import get_method
 
     method_cls = get_method(cfg.method_name)
-    custom = getattr(method_cls, "run_pipeline", None)
-    if custom is not None:
-        return custom(cfg)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(cfg.output_dir) / "config.json", cfg.to_dict())
+    resolve_requires(cfg, _stack=_stack)
+    recipe = getattr(method_cls, "recipe", "single")
+    if recipe != "single":
+        return _load_recipe(recipe)(cfg)
+    legacy = getattr(method_cls, "run_pipeline", None)
+    if legacy is not None:  # transition: a method still driving its own stages (GSLM before wsss.recipes)
+        return legacy(cfg)
+    run = Path(cfg.output_dir)
+    if not is_worker_rank():
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / "config.json", cfg.to_dict())
     stage_train(cfg)
+    if is_worker_rank() and dist_info()[1] == 1:
+        return {}  # a worker rank without a process group after training cannot share inference
+    stage_infer(cfg)
     if is_worker_rank():
         return {}
-    stage_infer(cfg)
     seeds = stage_evaluate(cfg)
     pseudo = stage_refine(cfg)
     stage_report(cfg)

@@ -110,20 +110,36 @@ def infer_split(
     progress: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> int:
     """Write ``<cam_dir>/<id>.npz`` for every id of ``layout`` that has none yet (resumable).
 
-    Only the classes of each image's label are computed and stored.
+    Only the classes of each image's label are computed and stored. With ``world_size > 1``
+    (DDP inference) this process handles ``layout.ids[rank::world_size]`` only; the other
+    ranks write the rest (the caller synchronises them with a barrier).
+
+    Args:
+        net, scales, flip, device, channels_last, bf16, mean, std: see :func:`multiscale_cam`.
+        layout: dataset split (``ids``, ``label(id)`` float32 (C,), ``image(id)`` uint8 (H, W, 3)).
+        cam_dir: output folder (created).
+        progress: show a tqdm bar.
+        rank, world_size: this process's share of the ids (``0 <= rank < world_size``).
 
     Returns:
         number of CAM files written by this call.
+
+    Raises:
+        ValueError: ``rank`` / ``world_size`` out of range.
     """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"infer_split: rank {rank} is not in [0, world_size={world_size})")
     cam_dir = Path(cam_dir)
     cam_dir.mkdir(parents=True, exist_ok=True)
     net = net.to(device).eval()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    todo = [i for i in layout.ids if not cam_path(cam_dir, i).is_file()]
+    todo = [i for i in list(layout.ids)[rank::world_size] if not cam_path(cam_dir, i).is_file()]
     written = 0
     for image_id in tqdm(todo, desc=f"CAMs {layout.split}", disable=not progress, unit="img"):
         label = layout.label(image_id)

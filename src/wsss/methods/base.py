@@ -30,7 +30,8 @@ __all__ = ["CAMNet", "WSSSModule", "multilabel_loss", "build_backbone", "build_c
 
 def build_backbone(cfg: ModelConfig) -> Backbone:
     """A :class:`Backbone` from the ``model`` section of a config."""
-    return Backbone(cfg.backbone, cfg.output_stride, cfg.pretrained, cfg.freeze_stem, cfg.freeze_bn, cfg.feature_layer)
+    return Backbone(cfg.backbone, cfg.output_stride, cfg.pretrained, cfg.freeze_stem, cfg.freeze_bn, cfg.feature_layer,
+                    getattr(cfg, "bn_mode", None))
 
 
 CLASSIFIER_INITS = ("kaiming_fan_out", "kaiming_fan_in", "torch_default", "xavier")
@@ -139,7 +140,25 @@ class WSSSModule(L.LightningModule):
 
     Subclasses set ``self.net`` (the CAM generator used at inference) in ``__init__`` via
     :meth:`build_net` and override :meth:`compute_loss`.
+
+    Class attributes a method may set (read by the shared frame, never by the method itself):
+
+    - ``recipe``: ``"single"`` (default: the plain stage sequence train -> infer -> evaluate ->
+      refine -> report of ``wsss.pipeline.run_pipeline``) or the name of a multi-stage recipe
+      in ``wsss.pipeline.RECIPES`` (``"rounds"``: GSLM's rounds, ``wsss.recipes.rounds``).
+    - ``extra_inputs``: names of per-image training inputs beside image and label (e.g.
+      ``("confidence",)``); ``wsss.training.train(extras=...)`` must supply each one as a
+      ``wsss.data.extras.ExtraSource`` and batches then carry ``batch[name]`` int64 (B, S, S),
+      augmented jointly with the image. Training without one raises ValueError.
+    - ``requires_map``: how a dependency run (``requires: {name: config}`` in the config) feeds
+      the method: ``{name: (method parameter, file inside the run dir or "" for the dir)}``,
+      e.g. ``{"oc": ("oc_checkpoint", "model.safetensors")}``; ``run_pipeline`` sets
+      ``cfg.method[parameter] = str(<dependency run dir> / file)`` before training.
     """
+
+    recipe: str = "single"
+    extra_inputs: tuple[str, ...] = ()
+    requires_map: dict[str, tuple[str, str]] = {}
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()

@@ -1,0 +1,726 @@
+"""The shared stages of a run, each with its own files in ``cfg.output_dir``.
+
+    train -> model.safetensors, model.json, checkpoints/       (fingerprints/train.json)
+    infer -> cams/<id>.npz                                        (fingerprints/infer.json)
+    evaluate -> metrics/seeds.json, metrics/<split>_seeds.json    (fingerprints/evaluate.json)
+    refine -> pseudo/, confident/, metrics/pseudo.json, ...        (fingerprints/refine.json)
+    report -> report/index.html                                   (fingerprints/report.json)
+
+**Fingerprints** (see :mod:`wsss.fingerprint`). Before working, a stage writes
+``fingerprints/<stage>.started.json``; when done, ``fingerprints/<stage>.json``. On a re-run:
+
+- recorded final fingerprint equal to the config's (and the stage's main files present):
+  the outputs are reused, nothing is computed;
+- only a ``started`` fingerprint, equal: the stage was interrupted (e.g. training killed) and
+  resumes (training from ``checkpoints/last.ckpt``, inference from the CAMs already written);
+- a different fingerprint, or outputs without any fingerprint (older runs): with
+  ``cfg.overwrite`` the outputs of this stage and of every later stage are deleted and
+  recomputed; without it the stage stops with one line, e.g. ``ValueError("<run>: outputs of
+  stage 'train' were made with optim.lr=0.1, the config says 0.01; re-run with --overwrite or
+  choose another --output_dir")`` (a :class:`~wsss.config.ConfigError`, so the CLI prints it as
+  one ``wsss: error:`` line). A fingerprint that differs while the stage has no output
+  on disk is simply recomputed (nothing can be lost).
+
+A stage also checks the recorded final fingerprints of the stages before it against the
+config (so ``wsss evaluate`` after changing ``optim.lr`` stops instead of evaluating the old
+CAMs under the new name).
+
+**Distributed runs** (Lightning DDP, e.g. ``--trainer.devices 2 --trainer.strategy ddp``:
+Lightning re-launches the whole command once per extra device). Fingerprint decisions and
+deletions are made by rank 0 and broadcast; training runs on every rank; inference splits the
+ids of each split across ranks (rank r writes ``ids[r::world]``), then a barrier; evaluation,
+refinement and reports run on rank 0 only (they return ``None``/``{}`` on other ranks).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+import wsss
+from wsss.config import Config, ConfigError
+from wsss.data.voc import VOCLayout
+from wsss.fingerprint import (
+    STAGES,
+    Fingerprint,
+    changed_keys,
+    describe_change,
+    file_digest,
+    read_fingerprint,
+    remove_fingerprint,
+    stage_fingerprint,
+    stage_keys,
+    write_fingerprint,
+)
+from wsss.io import read_json, write_json
+
+__all__ = [
+    "layout_for",
+    "protocol",
+    "fixed_threshold",
+    "stage_train",
+    "stage_infer",
+    "stage_evaluate",
+    "stage_refine",
+    "stage_report",
+    "stage_outputs",
+    "run_fingerprint",
+    "requires_inputs",
+    "is_worker_rank",
+    "dist_info",
+    "barrier",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# distributed helpers
+# ---------------------------------------------------------------------------------------
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised ``torch.distributed`` process group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _env_worker() -> bool:
+    """True when the launcher's environment says this process is not rank 0 (Lightning's
+    subprocess launcher sets ``LOCAL_RANK``/``NODE_RANK`` for the processes it starts,
+    torchrun sets ``RANK``), whether or not a process group exists yet."""
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        try:
+            if int(os.environ.get(var, "0") or 0) != 0:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def is_worker_rank() -> bool:
+    """True in a non-zero DDP rank (process group initialised and rank != 0, or, before / without
+    a process group, a launcher environment naming a non-zero rank). Such ranks train and infer
+    their share; only rank 0 evaluates, refines and reports."""
+    rank, world = dist_info()
+    if world > 1:
+        return rank != 0
+    return _env_worker()
+
+
+def barrier() -> None:
+    """``torch.distributed.barrier()`` when a process group with more than one rank exists."""
+    import torch.distributed as dist
+
+    if dist_info()[1] > 1:
+        dist.barrier()
+
+
+def _rank0(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 and give every rank its result (or raise its error on every rank).
+    Without a process group: run ``fn`` here."""
+    import torch.distributed as dist
+
+    rank, world = dist_info()
+    if world == 1:
+        return fn()
+    box: list[Any] = [None]
+    error: BaseException | None = None
+    if rank == 0:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as exc:  # every rank must leave the broadcast, then fail alike
+            error = exc
+            kind = "ValueError" if isinstance(exc, ValueError) else type(exc).__name__
+            box[0] = ("error", kind, str(exc))
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    if box[0][0] == "error":
+        raise {"FileNotFoundError": FileNotFoundError, "ValueError": ConfigError}.get(box[0][1], RuntimeError)(box[0][2])
+    return box[0][1]
+
+
+# ---------------------------------------------------------------------------------------
+# run layout helpers
+# ---------------------------------------------------------------------------------------
+
+
+def layout_for(cfg: Config, split: str) -> VOCLayout:
+    """A split of the configured dataset, limited by ``data.limit``.
+
+    Raises:
+        DatasetError: missing folder / split file, bad ids (see :class:`VOCLayout`).
+    """
+    d = cfg.data
+    return VOCLayout(d.root, split, limit=d.limit, mask_dir=d.mask_dir, check_files=d.check_files)
+
+
+def _device(cfg: Config) -> torch.device:
+    acc = str(cfg.trainer.get("accelerator", "auto"))
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        if dist_info()[1] > 1:
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _timing(cfg: Config, stage: str, seconds: float) -> None:
+    path = Path(cfg.output_dir) / "metrics" / "timing.json"
+    data = read_json(path) if path.is_file() else {}
+    data[stage] = round(seconds, 1)
+    write_json(path, data)
+
+
+def _final_fingerprints(run: Path) -> dict[str, str]:
+    folder = run / "fingerprints"
+    out = {}
+    if folder.is_dir():
+        for p in sorted(folder.glob("*.json")):
+            if p.name.endswith(".started.json") or p.name == "requires.json":
+                continue
+            try:
+                out[p.stem] = read_json(p)["hash"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return out
+
+
+def protocol(cfg: Config) -> dict:
+    """What a reader needs to compare two runs: backbone, crop, epochs, TTA, CRF, machine, the
+    wsss version, the stages' fingerprints and the dependency runs (``requires``) used."""
+    run = Path(cfg.output_dir)
+    meta_path = run / "model.json"
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    timing_path = run / "metrics" / "timing.json"
+    req_path = run / "fingerprints" / "requires.json"
+    return {
+        "method": cfg.method,
+        "config": cfg.source,
+        "dataset": str(cfg.data.root),
+        "train_split": cfg.data.train_split,
+        "limit": cfg.data.limit,
+        "backbone": cfg.model.backbone,
+        "output_stride": cfg.model.output_stride,
+        "pretrained": cfg.model.pretrained,
+        "crop": cfg.data.crop_size,
+        "resize_long": cfg.data.resize_long,
+        "batch_size": cfg.data.batch_size,
+        "epochs": cfg.trainer.get("max_epochs"),
+        "lr": cfg.optim.lr,
+        "tta_scales": cfg.inference.scales,
+        "tta_flip": cfg.inference.flip,
+        "bf16": cfg.inference.bf16,
+        "crf": cfg.refine.enabled,
+        "threshold_from": cfg.evaluation.threshold_from,
+        "seed": cfg.seed,
+        "train_seconds": meta.get("train_seconds"),
+        "stage_seconds": read_json(timing_path) if timing_path.is_file() else {},
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "wsss_version": wsss.__version__,
+        "fingerprints": _final_fingerprints(run),
+        "requires": read_json(req_path) if req_path.is_file() else {},
+    }
+
+
+def _sweep(cfg: Config) -> np.ndarray:
+    start, stop, step = cfg.evaluation.sweep
+    return np.round(np.arange(start, stop + step / 2, step), 4)
+
+
+# ---------------------------------------------------------------------------------------
+# fingerprint decisions
+# ---------------------------------------------------------------------------------------
+
+#: files/folders (relative to the run dir, glob patterns allowed) each stage owns
+_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "train": ("model.safetensors", "model.json", "checkpoints", "logs"),
+    "infer": ("cams",),
+    "evaluate": ("metrics/seeds.json", "metrics/*_seeds.json"),
+    "refine": ("pseudo", "confident", "metrics/pseudo.json", "metrics/confident.json"),
+    "report": ("report",),
+}
+#: the subset whose presence means "this stage has produced something" (logs alone do not count)
+_EVIDENCE: dict[str, tuple[str, ...]] = {
+    "train": ("model.safetensors", "model.json", "checkpoints/*.ckpt"),
+    "infer": ("cams/*.npz",),
+    "evaluate": ("metrics/seeds.json", "metrics/*_seeds.json"),
+    "refine": ("pseudo/*.png", "confident/*.png", "metrics/pseudo.json", "metrics/confident.json"),
+    "report": ("report/index.html",),
+}
+
+
+def _kind(name: str) -> str:
+    return "evaluate" if name.startswith("evaluate_") else name
+
+
+def _variant_metric(name: str) -> str:
+    return f"metrics/{name[len('evaluate_'):]}.json"
+
+
+def stage_outputs(run_dir: str | Path, name: str) -> list[Path]:
+    """The existing files/folders of stage ``name`` (``train`` .. ``report``, or ``evaluate_<n>``
+    for ``stage_evaluate(name=n)``) in ``run_dir``."""
+    run = Path(run_dir)
+    pats = (_variant_metric(name),) if name.startswith("evaluate_") else _OUTPUTS[name]
+    return sorted({p for pat in pats for p in run.glob(pat)})
+
+
+def _has_outputs(run: Path, name: str) -> bool:
+    pats = (_variant_metric(name),) if name.startswith("evaluate_") else _EVIDENCE[name]
+    return any(True for pat in pats for _ in run.glob(pat))
+
+
+def _delete_from(run: Path, name: str) -> list[str]:
+    """Delete the outputs + fingerprints of ``name`` and of every later stage; returns what went."""
+    kind = _kind(name)
+    names = [name] if name.startswith("evaluate_") else list(STAGES[STAGES.index(kind):])
+    if not name.startswith("evaluate_") and STAGES.index(kind) <= STAGES.index("evaluate"):
+        names += [p.name[: -len(".json")] for p in (run / "fingerprints").glob("evaluate_*.json")
+                  if not p.name.endswith(".started.json")]
+    gone = []
+    for n in dict.fromkeys(names):
+        for p in stage_outputs(run, n):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+            gone.append(str(p.relative_to(run)))
+        remove_fingerprint(run, n)
+    return gone
+
+
+def _overwrite(cfg: Config) -> bool:
+    return bool(getattr(cfg, "overwrite", False))
+
+
+def _previous_name(kind: str) -> str | None:
+    i = STAGES.index(kind)
+    return STAGES[i - 1] if i > 0 else None
+
+
+def _check_upstream(cfg: Config, run: Path, kind: str) -> None:
+    """The recorded final fingerprints of the earlier stages must match the config's keys."""
+    for s in STAGES[: STAGES.index(kind)]:
+        rec = read_fingerprint(run, s)
+        if rec is None:
+            continue
+        cur = Fingerprint(stage=s, keys=stage_keys(cfg, s))
+        if changed_keys(rec, cur, include_inputs=False):
+            why = describe_change(rec, cur, include_inputs=False)
+            raise ConfigError(f"{run}: outputs of stage '{s}' {why}; re-run the pipeline with --overwrite or choose another --output_dir")
+
+
+def _decide(cfg: Config, run: Path, fp: Fingerprint, required: list[Path], upstream: bool) -> str:
+    """'skip' | 'resume' | 'run' (rank 0 / single process). May delete (overwrite) and writes
+    the started fingerprint. Raises ValueError on a mismatch without overwrite."""
+    name = fp.name
+    if upstream:
+        _check_upstream(cfg, run, fp.stage)
+    final = read_fingerprint(run, name)
+    started = read_fingerprint(run, name, started=True)
+    if final is not None and final["hash"] == fp.hash:
+        missing = [p for p in required if not p.exists()]
+        if not missing:
+            return "skip"
+        print(f"[{name}] fingerprint matches but {missing[0]} is missing; computing the missing outputs")
+        write_fingerprint(run, fp, "started")
+        return "resume"
+    if final is None and started is not None and started["hash"] == fp.hash:
+        return "resume"
+    recorded = final if final is not None else started
+    has_out = _has_outputs(run, name)
+    if recorded is None and not has_out:
+        write_fingerprint(run, fp, "started")
+        return "run"
+    why = describe_change(recorded, fp) if recorded is not None else (
+        "have no fingerprint (made by an older wsss or put there by hand)")
+    if has_out and not _overwrite(cfg):
+        raise ConfigError(f"{run}: outputs of stage '{name}' {why}; re-run with --overwrite or choose another --output_dir")
+    if has_out:
+        gone = _delete_from(run, name)
+        print(f"[{name}] {run}: outputs {why}; --overwrite: deleted {len(gone)} output(s) of this and later stages")
+    else:  # nothing of this stage on disk: recompute; later stages see the new hash as their 'previous'
+        remove_fingerprint(run, name)
+    write_fingerprint(run, fp, "started")
+    return "run"
+
+
+def _open_stage(cfg: Config, kind: str, *, name: str | None = None, inputs: Mapping[str, Any] | None = None,
+                required: list[Path] = (), upstream: bool = True, collective: bool = True) -> tuple[bool, Fingerprint]:
+    """Fingerprint of stage ``kind`` for ``cfg`` and whether its outputs can be reused.
+
+    ``collective``: every DDP rank calls this (train, infer): rank 0 decides and broadcasts;
+    False for the rank-0-only stages (evaluate, refine, report): decided here, no communication.
+
+    Returns:
+        ``(skip, fingerprint)``; ``skip`` True: reuse the outputs, compute nothing.
+
+    Raises:
+        ValueError: ``<run>: outputs of stage '<name>' were made with <key>=<old>, the config says
+            <new>; re-run with --overwrite or choose another --output_dir`` (or an earlier
+            stage's recorded keys differ from the config).
+    """
+    run = Path(cfg.output_dir)
+    name = name or kind
+    prev = _previous_name(kind)
+    prev_rec = read_fingerprint(run, prev) if prev else None
+    fp = stage_fingerprint(cfg, kind, inputs=inputs, previous=prev_rec["hash"] if prev_rec else None, name=name)
+    required = list(required)
+    if dist_info()[1] == 1 and _env_worker():
+        # a re-launched DDP process before the process group exists: never decide or delete
+        final = read_fingerprint(run, name)
+        return (final is not None and final["hash"] == fp.hash and all(p.exists() for p in required)), fp
+    decide = lambda: _decide(cfg, run, fp, required, upstream)  # noqa: E731
+    decision = _rank0(decide) if collective else decide()
+    if decision == "resume":
+        print(f"[{name}] resuming: {run} holds an unfinished '{name}' stage with the same fingerprint")
+    return decision == "skip", fp
+
+
+def _close_stage(cfg: Config, fp: Fingerprint) -> None:
+    """Record the final fingerprint (rank 0) once the stage's outputs are complete."""
+    if not is_worker_rank():
+        write_fingerprint(Path(cfg.output_dir), fp, "done")
+
+
+def _callable_id(fn: Callable) -> str:
+    fid = getattr(fn, "fingerprint", None)
+    if callable(fid):
+        return str(fid())
+    if isinstance(fn, functools.partial):
+        args = ", ".join([*(repr(a) for a in fn.args), *(f"{k}={v!r}" for k, v in sorted(fn.keywords.items()))])
+        return f"{_callable_id(fn.func)}({args})"
+    mod = getattr(fn, "__module__", type(fn).__module__)
+    qual = getattr(fn, "__qualname__", type(fn).__qualname__)
+    return f"{mod}.{qual}"
+
+
+# ---------------------------------------------------------------------------------------
+# the stages
+# ---------------------------------------------------------------------------------------
+
+
+def run_fingerprint(run_dir: str | Path, file: str = "") -> str | None:
+    """The fingerprint hash that identifies a finished run (or the part of it a file comes from).
+
+    ``model.safetensors`` / ``model.json`` -> the ``train`` stage's; anything else (``""`` = the
+    whole run) -> the last finished stage's (report, else refine, evaluate, infer, train).
+
+    Returns:
+        64 hex characters, or None when the run has no final fingerprint.
+    """
+    run = Path(run_dir)
+    order = ("train",) if file in ("model.safetensors", "model.json") else tuple(reversed(STAGES))
+    for stage in order:
+        rec = read_fingerprint(run, stage)
+        if rec is not None:
+            return str(rec["hash"])
+    return None
+
+
+def requires_inputs(cfg: Config) -> dict[str, Any]:
+    """``{"requires.<name>": fingerprint of the dependency run}`` for every ``cfg.requires`` entry
+    whose method parameter (``requires_map``) has been pointed at the dependency (by
+    :func:`wsss.pipeline.resolve_requires`); ``{}`` without dependencies."""
+    from wsss.methods import get_method
+
+    requires = dict(getattr(cfg, "requires", None) or {})
+    if not requires:
+        return {}
+    rmap = dict(getattr(get_method(cfg.method_name), "requires_map", {}) or {})
+    out: dict[str, Any] = {}
+    for name in sorted(requires):
+        if name not in rmap or not cfg.method.get(rmap[name][0]):
+            continue
+        param, file = rmap[name]
+        target = Path(str(cfg.method[param]))
+        run_dir = target
+        if file:  # <run_dir>/<file> -> <run_dir>
+            n = len(Path(file).parts)
+            run_dir = Path(*target.parts[:-n]) if target.parts[-n:] == Path(file).parts else target.parent
+        out[f"requires.{name}"] = run_fingerprint(run_dir, file)
+    return out
+
+
+def _train_inputs(cfg: Config, extras: Mapping[str, Any] | None, init_weights: str | Path | None,
+                  inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = requires_inputs(cfg)
+    for name, src in sorted((extras or {}).items()):
+        out[f"extras.{name}"] = str(src.fingerprint())
+    if init_weights is not None:
+        out["init_weights"] = f"sha256:{file_digest(init_weights)}"
+    out.update(inputs or {})
+    return out
+
+
+def stage_train(cfg: Config, *, extras: Mapping[str, Any] | None = None, init_weights: str | Path | None = None,
+                inputs: Mapping[str, Any] | None = None) -> Path:
+    """Train the configured method into ``cfg.output_dir`` (see :func:`wsss.training.train`),
+    unless the recorded ``train`` fingerprint says the existing model was made from this config.
+
+    Args:
+        cfg: the run config (``overwrite`` attribute honoured, see the module docstring).
+        extras: per-image extra training inputs (``name -> wsss.data.extras.ExtraSource``); their
+            ``fingerprint()`` enters the stage fingerprint.
+        init_weights: ``.safetensors`` loaded (strict) into the CAM generator before the first
+            step; its SHA-256 enters the fingerprint.
+        inputs: further ``name -> JSON value`` entries for the fingerprint. The dependency runs'
+            fingerprints enter by themselves as ``requires.<name>`` (:func:`requires_inputs`).
+
+    Returns:
+        Path of ``model.safetensors``.
+
+    Raises:
+        ValueError: fingerprint mismatch without overwrite (one line naming the changed keys);
+            a method that needs extra inputs not given; weights that do not fit.
+        FileNotFoundError: ``init_weights`` missing.
+    """
+    from wsss.training import model_paths, train
+
+    run = Path(cfg.output_dir)
+    weights, meta = model_paths(run)
+    skip, fp = _open_stage(cfg, "train", inputs=_train_inputs(cfg, extras, init_weights, inputs), required=[weights, meta])
+    if skip:
+        print(f"[train] {weights}: the train fingerprint matches the config; skipping training")
+        return weights
+    t = time.time()
+    out = train(cfg, extras=extras, init_weights=init_weights, fingerprint=fp.hash)
+    if not is_worker_rank():
+        _timing(cfg, "train", time.time() - t)
+    _close_stage(cfg, fp)
+    barrier()
+    return out
+
+
+def _infer_splits(cfg: Config) -> list[str]:
+    splits = list(dict.fromkeys([cfg.data.eval_split, *cfg.inference.splits]))
+    if cfg.evaluation.threshold_from and cfg.evaluation.threshold_from not in splits:
+        splits.append(cfg.evaluation.threshold_from)
+    return splits
+
+
+def stage_infer(cfg: Config, splits: list[str] | None = None, *,
+                net_wrapper: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> None:
+    """TTA CAMs (:func:`wsss.inference.tta.infer_split`) of ``splits`` (default
+    ``inference.splits`` + the eval split + ``evaluation.threshold_from``) into ``<run>/cams/``.
+
+    Under DDP, rank r writes the CAMs of ``ids[r::world]`` of every split, then all ranks meet at a
+    barrier. Reused when the ``infer`` fingerprint matches and every CAM file exists.
+
+    Args:
+        cfg: the run config.
+        splits: split names to infer.
+        net_wrapper: callable ``nn.Module -> nn.Module`` applied to the loaded CAM generator (e.g.
+            GSLM's ReLU-k bound); its identity (``fingerprint()`` if it has one, else its
+            qualified name / partial arguments) enters the fingerprint.
+
+    Raises:
+        FileNotFoundError: no trained model; ValueError: model classes differ from the dataset's,
+            fingerprint mismatch without overwrite.
+    """
+    from wsss.data.transforms import normalization_stats
+    from wsss.inference.store import cam_path
+    from wsss.inference.tta import infer_split
+    from wsss.training import load_generator
+
+    t = time.time()
+    splits = list(splits or _infer_splits(cfg))
+    cam_dir = Path(cfg.output_dir) / "cams"
+    layouts = [layout_for(cfg, s) for s in splits]
+    inputs: dict[str, Any] = {"splits": splits}
+    if net_wrapper is not None:
+        inputs["net_wrapper"] = _callable_id(net_wrapper)
+    required = [cam_path(cam_dir, i) for lay in layouts for i in lay.ids]
+    skip, fp = _open_stage(cfg, "infer", inputs=inputs, required=required)
+    if skip:
+        print(f"[infer] {cam_dir}: the infer fingerprint matches the config; reusing {len(required)} CAM files")
+        return
+    rank, world = dist_info()
+    net = load_generator(cfg, layout=layouts[0])
+    if net_wrapper is not None:
+        net = net_wrapper(net).eval()
+    inf = cfg.inference
+    mean, std = normalization_stats(cfg.model.normalization)
+    for layout in layouts:
+        infer_split(net, layout, cam_dir, scales=inf.scales, flip=inf.flip, device=_device(cfg),
+                    channels_last=inf.channels_last, bf16=inf.bf16, mean=mean, std=std, rank=rank, world_size=world)
+    barrier()
+    if rank == 0:
+        _timing(cfg, "infer", time.time() - t)
+    _close_stage(cfg, fp)
+
+
+def fixed_threshold(cfg: Config, cam_dir: Path | None = None) -> tuple[float, str]:
+    """The fixed background threshold and where it came from.
+
+    With ``evaluation.threshold_from: val`` the threshold is the best of a sweep on the val
+    split (written to ``metrics/<split>_seeds.json``, an output of the evaluate stage), applied
+    unchanged to the eval split; otherwise ``evaluation.threshold`` from the config.
+
+    Returns:
+        ``(threshold in [0, 1], "config" | "best of the sweep on <split>")``.
+    """
+    from wsss.evaluation.seeds import best_threshold, evaluate_seeds
+
+    src = cfg.evaluation.threshold_from
+    if not src:
+        return float(cfg.evaluation.threshold), "config"
+    path = Path(cfg.output_dir) / "metrics" / f"{src}_seeds.json"
+    if path.is_file():
+        res = read_json(path)
+    else:
+        cam_dir = cam_dir or Path(cfg.output_dir) / "cams"
+        res = evaluate_seeds(layout_for(cfg, src), cam_dir, cfg.evaluation.threshold, sweep=_sweep(cfg))
+        res["protocol"] = protocol(cfg)
+        write_json(path, res)
+    return float(best_threshold(res)), f"best of the sweep on {src}"
+
+
+def stage_evaluate(cfg: Config, cam_dir: Path | None = None, name: str = "seeds") -> dict:
+    """Seed mIoU on the eval split at the fixed threshold, plus the sweep; ``metrics/<name>.json``.
+
+    The fingerprint file is ``fingerprints/evaluate.json`` for ``name="seeds"``, else
+    ``fingerprints/evaluate_<name>.json``; a ``cam_dir`` other than ``<run>/cams`` enters it (and
+    the earlier stages of this run are then not checked).
+
+    Returns:
+        the metrics dict (see :func:`wsss.evaluation.seeds.evaluate_seeds`, plus
+        ``threshold_source`` and ``protocol``); ``{}`` on a non-zero DDP rank.
+
+    Raises:
+        ValueError: fingerprint mismatch without overwrite; FileNotFoundError: missing CAMs.
+    """
+    from wsss.evaluation.seeds import evaluate_seeds
+
+    if is_worker_rank():
+        return {}
+    t = time.time()
+    run = Path(cfg.output_dir)
+    own = run / "cams"
+    cam_dir = Path(cam_dir) if cam_dir is not None else own
+    default = cam_dir.resolve() == own.resolve()
+    stage_name = "evaluate" if name == "seeds" else f"evaluate_{name}"
+    out = run / "metrics" / f"{name}.json"
+    skip, fp = _open_stage(cfg, "evaluate", name=stage_name, inputs={} if default else {"cam_dir": str(cam_dir.resolve())},
+                           required=[out], upstream=default, collective=False)
+    if skip:
+        res = read_json(out)
+        print(f"[evaluate] {out}: the evaluate fingerprint matches the config; reusing it")
+        _print_summary(name, res)
+        return res
+    thr, source = fixed_threshold(cfg, cam_dir)
+    res = evaluate_seeds(layout_for(cfg, cfg.data.eval_split), cam_dir, thr, sweep=_sweep(cfg))
+    res["threshold_source"] = source
+    _timing(cfg, "evaluate", time.time() - t)
+    res["protocol"] = protocol(cfg)
+    write_json(out, res)
+    _close_stage(cfg, fp)
+    _print_summary(name, res)
+    return res
+
+
+def stage_refine(cfg: Config) -> dict | None:
+    """Dense-CRF pseudo masks (``pseudo/``) and confident labels (``confident/``), evaluated into
+    ``metrics/pseudo.json`` / ``metrics/confident.json``.
+
+    Returns:
+        the pseudo-mask metrics, or None when ``refine.enabled`` is false or on a non-zero rank.
+
+    Raises:
+        ValueError: fingerprint mismatch without overwrite.
+    """
+    from wsss.evaluation.seeds import evaluate_masks
+    from wsss.refine.crf import CRFParams
+    from wsss.refine.pseudo import make_pseudo_masks
+
+    if is_worker_rank():
+        return None
+    run = Path(cfg.output_dir)
+    r = cfg.refine
+    required = [run / "metrics" / "pseudo.json"] if r.enabled else []
+    if r.enabled and r.confident:
+        required.append(run / "metrics" / "confident.json")
+    skip, fp = _open_stage(cfg, "refine", required=required, collective=False)
+    if not r.enabled:
+        if not skip:
+            _close_stage(cfg, fp)
+        print("[refine] disabled (refine.enabled: false)")
+        return None
+    if skip:
+        res = read_json(run / "metrics" / "pseudo.json")
+        print("[refine] the refine fingerprint matches the config; reusing pseudo/ and metrics/pseudo.json")
+        _print_summary("pseudo", res)
+        return res
+    t = time.time()
+    layout = layout_for(cfg, cfg.data.eval_split)
+    seeds_path = run / "metrics" / "seeds.json"
+    thr = read_json(seeds_path)["threshold"] if seeds_path.is_file() else fixed_threshold(cfg)[0]
+    params = CRFParams.from_dict(cfg.refine.crf)
+    make_pseudo_masks(layout, run / "cams", run / "pseudo", kind="dense", threshold=thr, params=params, workers=r.workers)
+    results = {}
+    res = evaluate_masks(layout, run / "pseudo")
+    res.update(stage="pseudo", threshold=thr, threshold_mode="fixed", crf=params.__dict__)
+    results["pseudo"] = res
+    if r.confident:
+        make_pseudo_masks(layout, run / "cams", run / "confident", kind="confident", fg_threshold=r.fg_threshold,
+                          bg_threshold=r.bg_threshold, params=params, workers=r.workers)
+        conf = evaluate_masks(layout, run / "confident")
+        conf.update(stage="confident", fg_threshold=r.fg_threshold, bg_threshold=r.bg_threshold, crf=params.__dict__)
+        results["confident"] = conf
+    _timing(cfg, "refine", time.time() - t)
+    for name, res in results.items():
+        res["protocol"] = protocol(cfg)
+        write_json(run / "metrics" / f"{name}.json", res)
+        _print_summary(name, res)
+    _close_stage(cfg, fp)
+    return results["pseudo"]
+
+
+def stage_report(cfg: Config) -> Path | None:
+    """``<run>/report/index.html``: metrics tables, sweep plot, CAM and mask overlays.
+
+    Returns:
+        the report path (None on a non-zero DDP rank).
+
+    Raises:
+        ValueError: fingerprint mismatch without overwrite.
+    """
+    from wsss.report.html import build_report
+
+    if is_worker_rank():
+        return None
+    path = Path(cfg.output_dir) / "report" / "index.html"
+    skip, fp = _open_stage(cfg, "report", required=[path], collective=False)
+    if skip:
+        print(f"[report] {path} (fingerprint matches; reused)")
+        return path
+    layout = layout_for(cfg, cfg.data.eval_split)
+    path = build_report(cfg.output_dir, layout, num_samples=cfg.report.num_samples, title=f"wsss run: {cfg.method_name}")
+    _close_stage(cfg, fp)
+    print(f"[report] {path}")
+    return path
+
+
+def _print_summary(name: str, res: dict) -> None:
+    line = f"[{name}] {res.get('split')} ({res.get('num_images')} images): mIoU {res['miou']:.2f}"
+    if res.get("threshold") is not None and res.get("threshold_mode") == "fixed":
+        line += f" at fixed background threshold {res['threshold']:.2f}"
+        if res.get("threshold_source"):
+            line += f" ({res['threshold_source']})"
+    if "best" in res:
+        line += f"; swept best {res['best']['miou']:.2f} at {res['best']['threshold']:.2f}"
+    if res.get("fg_threshold") is not None:
+        line += f" (confident labels, fg >= {res['fg_threshold']:.2f}, bg < {res['bg_threshold']:.2f})"
+    if "coverage" in res:
+        line += f"; coverage {res['coverage']:.1f}%"
+    print(line)
