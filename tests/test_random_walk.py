@@ -102,3 +102,30 @@ def test_rw_to_mask_threshold_and_keys():
     assert mask[0, 0] == 3
     assert (mask == 7).any()
     assert rw_to_mask(torch.zeros(0, 2, 3), np.array([], int), (5, 10)).max() == 0
+
+
+def test_rw_record_on_a_real_msrc_image(msrc_root):
+    """End to end on one real photograph: CAM record in, RW record out, same contract."""
+    from wsss.affinity.model import BoundaryNet
+    from wsss.backbones import Backbone
+    from wsss.data.voc import VOCLayout
+    from wsss.evaluation.seeds import cam_to_seed
+    from wsss.inference.store import CamRecord
+    from wsss.refine.rw import rw_record
+
+    layout = VOCLayout(msrc_root, "val", limit=1, check_files=False)
+    image = layout.image(layout.ids[0])
+    h, w = image.shape[:2]
+    h4, w4 = (h + 3) // 4, (w + 3) // 4
+    torch.manual_seed(0)
+    strided = torch.rand(2, h4, w4).numpy()
+    high = torch.nn.functional.interpolate(torch.from_numpy(strided)[None], size=(h, w), mode="bilinear")[0].numpy()
+    rec = CamRecord(keys=np.array([3, 5]), high_res=high, strided=strided)
+    net = BoundaryNet(Backbone("efficientnet_lite0", 16, "none")).eval()
+    out = rw_record(net, image, rec, steps=8)
+    assert out.high_res.shape == (2, h, w) and out.strided.shape == (2, h4, w4)
+    assert float(out.high_res.max()) == pytest.approx(1.0, abs=1e-4) and float(out.high_res.min()) >= 0
+    seed = cam_to_seed(out, 0.25)
+    assert seed.shape == (h, w) and set(np.unique(seed)) <= {0, 3, 5}
+    with pytest.raises(ValueError, match="differs"):
+        rw_record(net, image[:-4], rec, steps=1)
