@@ -1,12 +1,19 @@
 """The ``wsss`` command.
 
     wsss pipeline --config configs/msrc/cam.yaml [--data.root DIR] [--data.limit N]
-                  [--trainer.max_epochs N] [--output_dir DIR] [--any.dotted.key VALUE]
+                  [--trainer.max_epochs N] [--output_dir DIR] [--any.dotted.key VALUE] [--overwrite]
     wsss train | infer | evaluate | refine | report   (same options; one stage each)
+    wsss config --config X [--any.dotted.key VALUE]   (print the resolved config as YAML)
     wsss data download --dataset voc12|sbd --dest DIR
 
-Bad input (a corrupt image, a missing mask, an unlabelled id, an unknown config key)
-stops the run with one line ``wsss: error: <file>: <what is wrong>`` and exit code 2.
+``--overwrite`` (every stage command) sets ``overwrite: true``: stages recompute outputs whose
+run fingerprint changed instead of stopping.
+
+Expected failures - a bad config (unknown key, wrong value type, missing base or ``requires``
+file), bad data (a corrupt image, a missing mask, an unlabelled id, a decompression bomb), an
+unknown method or a bad method parameter, a missing or corrupt file, a missing optional
+dependency - stop the run with one line ``wsss: error: <file>: <what is wrong>`` and exit
+code 2 (``WSSS_TRACEBACK=1`` re-raises them with the traceback).
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import argparse
 import os
 import sys
 
-__all__ = ["main"]
+__all__ = ["main", "STAGES"]
 
+#: stage subcommands -> help text (each runs one :mod:`wsss.pipeline` function)
 STAGES = {
     "pipeline": "run every stage in order (train, infer, evaluate, refine, report)",
     "train": "train the CAM network of the configured method",
@@ -26,13 +34,21 @@ STAGES = {
     "report": "HTML report with metrics, plots and overlays (report/index.html)",
 }
 
+_OVERRIDES = "Any config key can be overridden as --section.key VALUE (YAML-parsed)."
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsss", description="Weakly supervised semantic segmentation toolkit")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in STAGES.items():
-        sp = sub.add_parser(name, help=help_, description=help_ + ". Any config key can be overridden as --section.key VALUE.")
+        sp = sub.add_parser(name, help=help_, description=f"{help_}. {_OVERRIDES}")
         sp.add_argument("--config", help="YAML config file (configs/<dataset>/<method>.yaml)")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="recompute outputs whose run fingerprint changed instead of stopping (sets overwrite: true)")
+    cp = sub.add_parser("config", help="print the resolved config (bases merged, overrides applied) as YAML",
+                        description=f"Print the resolved config as YAML. {_OVERRIDES}")
+    cp.add_argument("--config", help="YAML config file (none: the defaults)")
+    cp.add_argument("--overwrite", action="store_true", help="show the config with overwrite: true")
     dp = sub.add_parser("data", help="dataset utilities")
     dsub = dp.add_subparsers(dest="data_command", required=True)
     dl = dsub.add_parser("download", help="download and unpack PASCAL VOC 2012 / SBD (needs internet)")
@@ -41,16 +57,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_method(cfg) -> None:
+    """Unknown ``method.name`` -> ValueError naming the config file (before any work starts)."""
+    from wsss.methods import METHODS
+
+    if cfg.method_name not in METHODS:
+        where = cfg.source or "config"
+        raise ValueError(f"{where}: method.name: unknown method '{cfg.method_name}'; known methods: {sorted(METHODS)}")
+
+
 def _run(argv: list[str]) -> int:
-    from wsss.config import load_config, parse_override_args
+    from wsss.config import dump_config, load_config, parse_override_args
 
     args, rest = _parser().parse_known_args(argv)
     if args.command == "data":
+        if rest:
+            raise ValueError(f"command line: unexpected argument(s) {rest}")
         from wsss.data.download import main_download
 
         main_download(args.dataset, args.dest)
         return 0
-    cfg = load_config(args.config, parse_override_args(rest))
+    overrides = parse_override_args(rest)
+    if args.overwrite:
+        overrides["overwrite"] = True
+    cfg = load_config(args.config, overrides)
+    _check_method(cfg)
+    if args.command == "config":
+        sys.stdout.write(dump_config(cfg))
+        return 0
     from wsss import pipeline
 
     stage = {
@@ -65,14 +99,34 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``wsss`` console script; returns the exit code."""
-    from wsss.config import ConfigError
-
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """The exception types turned into ``wsss: error: ...`` (ConfigError is a ValueError)."""
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, ImportError]
     try:
         from wsss.data.voc import DatasetError
+
+        errors.append(DatasetError)
     except ImportError:  # pragma: no cover
-        DatasetError = ConfigError  # type: ignore[misc,assignment]
+        pass
+    try:
+        from PIL import Image
+
+        errors.append(Image.DecompressionBombError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``wsss`` console script; returns the exit code.
+
+    Returns:
+        0 on success; 2 on an expected failure (ConfigError, DatasetError, ValueError,
+        FileNotFoundError, ImportError, ``PIL.Image.DecompressionBombError``), after printing
+        the first line of its message as ``wsss: error: <msg>`` to stderr. With
+        ``WSSS_TRACEBACK=1`` in the environment the exception is re-raised instead.
+        argparse usage errors exit with 2 through ``SystemExit`` as usual.
+    """
     argv = sys.argv[1:] if argv is None else argv
     # OpenMP threads that spin while waiting make a CPU run several times slower as soon as
     # anything else shares the cores (measured here: 9.5 s vs 4.9 s per training step with a
@@ -81,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return _run(argv)
-    except (ConfigError, DatasetError, FileNotFoundError, ImportError) as exc:
+    except _expected_errors() as exc:
         if os.environ.get("WSSS_TRACEBACK"):
             raise
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = str(exc).strip()
+        msg = text.splitlines()[0] if text else type(exc).__name__
         print(f"wsss: error: {msg}", file=sys.stderr)
         return 2
 
