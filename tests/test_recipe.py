@@ -163,13 +163,8 @@ def test_bn_mode_survives_a_lightning_fit(bn_mode, frozen_stats):
     import lightning as L
 
     cfg = load_config("configs/msrc/cam.yaml", {"model.pretrained": "none"})
+    cfg = load_config("configs/msrc/cam.yaml", {"model.pretrained": "none", "model.bn_mode": bn_mode})
     module = WSSSModule(cfg, num_classes=4)
-    module.net = build_cam_net(cfg.model, 4, bn_mode=bn_mode) if hasattr(cfg.model, "bn_mode") else module.net
-    if not hasattr(cfg.model, "bn_mode"):
-        from wsss.backbones import Backbone
-        from wsss.methods.base import CAMNet
-
-        module.net = CAMNet(Backbone("efficientnet_lite0", 16, "none", bn_mode=bn_mode), 4)
     bn = [m for m in module.net.modules() if isinstance(m, nn.BatchNorm2d)][5]
     before = bn.running_mean.clone()
     ds = [{"image": torch.randn(3, 64, 64), "label": torch.ones(4)} for _ in range(4)]

@@ -70,18 +70,13 @@ _PARENT_ONLY = ("output_dir", "method", "requires", "overwrite")
 
 
 def _resolve_config_path(path: str, parent: Config) -> Path:
+    """``cfg.requires`` values are already resolved by :func:`wsss.config.load_config` (relative
+    to the declaring file, stored relative to the working directory or absolute)."""
     p = Path(path)
-    if p.is_absolute():
-        return p
-    candidates = []
-    if parent.source:
-        candidates.append(Path(parent.source).parent / p)
-    candidates.append(Path.cwd() / p)
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
+    if p.is_file():
+        return p.resolve()
     where = parent.source or "config"
-    raise ConfigError(f"{where}: requires: config {path!r} not found (looked in {', '.join(str(c.parent) for c in candidates)})")
+    raise ConfigError(f"{where}: requires: config {path!r} not found")
 
 
 def _dependency_overrides(cfg: Config) -> dict[str, Any]:

@@ -107,7 +107,8 @@ class OCCSEParams:
 
     # weights of the ordinary classifier oc: the CAM baseline's model.safetensors
     # (OC-CSE: a separately trained CAM network, Kweon et al. 2021; P-NOC Sec. 6.1: vanilla CAM + RandAugment)
-    oc_checkpoint: str = "runs/msrc/cam/model.safetensors"
+    # null: filled by the pipeline from the recipe's `requires: {oc: <cam config>}` run
+    oc_checkpoint: str | None = None
     lambda_cse_from: float = 0.3  # lambda_cse starts at 0.3 (paper Sec. 6.1; runner OC_INIT=0.3)
     lambda_cse_to: float = 1.0  # ... and reaches 1 (paper Sec. 6.1; runner OC_ALPHA=1.0)
     lambda_cse_ramp: float = 1.0  # ... at the end of training (paper Sec. 6.1 "throughout training"; runner OC_SCHEDULE=1.0)

@@ -58,7 +58,7 @@ __all__ = ["PuzzleModule", "OCCSEModule", "POCModule", "PNOCModule", "load_cam_c
 _CAM_RECIPE = "configs/msrc/cam.yaml"
 
 
-def load_cam_checkpoint(net: CAMNet, path: str | Path) -> None:
+def load_cam_checkpoint(net: CAMNet, path: str | Path | None) -> None:
     """Load a CAM network's ``model.safetensors`` (written by :func:`wsss.training.train`) into ``net``.
 
     Raises:
@@ -67,6 +67,11 @@ def load_cam_checkpoint(net: CAMNet, path: str | Path) -> None:
     """
     from safetensors.torch import load_file
 
+    if path is None:
+        raise FileNotFoundError(
+            "method.oc_checkpoint is not set: name the ordinary classifier's run with "
+            f"`requires: {{oc: cam.yaml}}` in the config (see {_CAM_RECIPE}) or set method.oc_checkpoint"
+        )
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -218,6 +223,8 @@ class PuzzleModule(_FamilyModule):
 
 
 class _WithFrozenOC(_FamilyModule):
+    #: the dependency run ``requires: {oc: ...}`` gives oc's weights (see wsss.pipeline.resolve_requires)
+    requires_map = {"oc": ("oc_checkpoint", "model.safetensors")}
     """Adds the frozen ordinary classifier ``oc`` (OC-CSE, P-OC)."""
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
@@ -256,6 +263,7 @@ class POCModule(_WithFrozenOC):
 
 
 class PNOCModule(_FamilyModule):
+    requires_map = {"oc": ("oc_checkpoint", "model.safetensors")}
     """P-NOC (paper Eq. 8-10, Algorithm 1).
 
     Every batch: (1) the generator f takes one SGD step on the P-OC loss (:func:`poc_loss`,
