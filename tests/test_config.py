@@ -241,7 +241,7 @@ def test_shipped_values(monkeypatch):
     assert poc.method["tiles_per_side"] == 2 and poc.method["re_mask"] == "labels"
     assert poc.method["psi_norm"] == "image" and poc.method["label_smoothing"] == 0.1
     pnoc = load_config("configs/msrc/pnoc.yaml")
-    assert pnoc.method["name"] == "pnoc" and pnoc.method["k_noc"] == 2 and pnoc.method["label_smoothing"] == 0.1
+    assert pnoc.method["name"] == "pnoc" and pnoc.method["k_noc"] == 1 and pnoc.method["noc_objective"] == "paper" and pnoc.method["label_smoothing"] == 0.1
     assert load_config("configs/msrc/gslm.yaml").requires == {"seed": "configs/msrc/cam.yaml"}
     gslm_poc = load_config("configs/msrc/gslm_poc.yaml")
     assert gslm_poc.requires == {"seed": "configs/msrc/poc.yaml"} and gslm_poc.refine.confident is False
