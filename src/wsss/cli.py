@@ -26,11 +26,14 @@ __all__ = ["main", "STAGES"]
 
 #: stage subcommands -> help text (each runs one :mod:`wsss.pipeline` function)
 STAGES = {
-    "pipeline": "run every stage in order (train, infer, evaluate, refine, report)",
+    "pipeline": "run every stage in order (train, infer, evaluate, refine, [affinity, rw, segment,] report)",
     "train": "train the CAM network of the configured method",
     "infer": "multi-scale + flip CAM inference into <output_dir>/cams/",
     "evaluate": "seed mIoU at the fixed background threshold and swept, into metrics/seeds.json",
     "refine": "dense CRF pseudo masks and confident labels, evaluated (metrics/pseudo.json)",
+    "affinity": "affinity labels + IRN boundary network (affinity/), needs cams/",
+    "rw": "random-walk pseudo masks (pseudo_rw/, metrics/pseudo_rw.json), needs affinity/",
+    "segment": "DeepLabV3+ on the pseudo masks, evaluated on val (segmentation/, metrics/segmentation.json)",
     "report": "HTML report with metrics, plots and overlays (report/index.html)",
 }
 
@@ -49,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
                         description=f"Print the resolved config as YAML. {_OVERRIDES}")
     cp.add_argument("--config", help="YAML config file (none: the defaults)")
     cp.add_argument("--overwrite", action="store_true", help="show the config with overwrite: true")
+    pp = sub.add_parser("predict", help="segment images with a run's trained segmentation model",
+                        description="Write <stem>.png (VOC palette) and <stem>_overlay.jpg per image; any image size.")
+    from wsss.segmentation.predict import add_predict_arguments
+
+    add_predict_arguments(pp)
     dp = sub.add_parser("data", help="dataset utilities")
     dsub = dp.add_subparsers(dest="data_command", required=True)
     dl = dsub.add_parser("download", help="download and unpack PASCAL VOC 2012 / SBD (needs internet)")
@@ -77,6 +85,12 @@ def _run(argv: list[str]) -> int:
 
         main_download(args.dataset, args.dest)
         return 0
+    if args.command == "predict":
+        if rest:
+            raise ValueError(f"command line: unexpected argument(s) {rest}")
+        from wsss.segmentation.predict import run_predict
+
+        return run_predict(args)
     overrides = parse_override_args(rest)
     if args.overwrite:
         overrides["overwrite"] = True
@@ -87,12 +101,21 @@ def _run(argv: list[str]) -> int:
         return 0
     from wsss import pipeline
 
+    if args.command != "pipeline":
+        pipeline.resolve_requires(cfg, run=False)  # point at dependency runs without running them
+    if args.command in ("affinity", "rw"):
+        cfg.affinity.enabled = True  # asked for explicitly
+    if args.command == "segment":
+        cfg.segmentation = {**cfg.segmentation, "enabled": True}
     stage = {
         "pipeline": pipeline.run_pipeline,
         "train": pipeline.stage_train,
         "infer": pipeline.stage_infer,
         "evaluate": pipeline.stage_evaluate,
         "refine": pipeline.stage_refine,
+        "affinity": pipeline.stage_affinity,
+        "rw": pipeline.stage_random_walk,
+        "segment": pipeline.stage_segment,
         "report": pipeline.stage_report,
     }[args.command]
     stage(cfg)

@@ -25,6 +25,9 @@ infer                 train + ``inference.*`` except ``channels_last`` / ``batch
                       (identical outputs)
 evaluate              infer + ``evaluation.*`` + ``data.eval_split``
 refine                evaluate + ``refine.*`` except ``workers``
+affinity              refine + ``affinity.*`` (affinity labels, boundary network)
+rw                    affinity + ``random_walk.*``
+segment               rw + ``segmentation.*``
 report                everything else (``report.*`` and any other section)
 ====================  ========================================================================
 
@@ -63,7 +66,7 @@ __all__ = [
 ]
 
 #: the stages of a run, in order; each one's keys include all earlier stages' keys
-STAGES: tuple[str, ...] = ("train", "infer", "evaluate", "refine", "report")
+STAGES: tuple[str, ...] = ("train", "infer", "evaluate", "refine", "affinity", "rw", "segment", "report")
 
 #: config keys that never enter a fingerprint: where/how a run executes, not what it computes
 EXCLUDED: frozenset[str] = frozenset({
@@ -78,7 +81,8 @@ EXCLUDED: frozenset[str] = frozenset({
 })
 
 _TRAIN_SECTIONS = {"method", "data", "model", "optim", "trainer", "seed"}
-_STAGE_OF_SECTION = {"inference": "infer", "evaluation": "evaluate", "refine": "refine"}
+_STAGE_OF_SECTION = {"inference": "infer", "evaluation": "evaluate", "refine": "refine", "affinity": "affinity",
+                     "random_walk": "rw", "segmentation": "segment"}
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -31,6 +31,9 @@ from wsss.config import Config, ConfigError
 from wsss.io import write_json
 from wsss.stages import (
     barrier,
+    stage_affinity,
+    stage_random_walk,
+    stage_segment,
     dist_info,
     fixed_threshold,
     is_worker_rank,
@@ -55,6 +58,9 @@ __all__ = [
     "stage_evaluate",
     "stage_refine",
     "stage_report",
+    "stage_affinity",
+    "stage_random_walk",
+    "stage_segment",
     "layout_for",
     "protocol",
     "fixed_threshold",
@@ -188,5 +194,7 @@ def run_pipeline(cfg: Config, *, _stack: tuple[str, ...] = ()) -> dict:
         return {}
     seeds = stage_evaluate(cfg)
     pseudo = stage_refine(cfg)
+    rw = stage_random_walk(cfg) if stage_affinity(cfg) is not None else None
+    seg = stage_segment(cfg)
     stage_report(cfg)
-    return {"seeds": seeds, "pseudo": pseudo}
+    return {"seeds": seeds, "pseudo": pseudo, "pseudo_rw": rw, "segmentation": seg}

@@ -71,6 +71,11 @@ __all__ = [
     "stage_evaluate",
     "stage_refine",
     "stage_report",
+    "stage_affinity",
+    "stage_random_walk",
+    "stage_segment",
+    "affinity_thresholds",
+    "load_boundary_net",
     "stage_outputs",
     "run_fingerprint",
     "requires_inputs",
@@ -247,6 +252,9 @@ _OUTPUTS: dict[str, tuple[str, ...]] = {
     "infer": ("cams",),
     "evaluate": ("metrics/seeds.json", "metrics/*_seeds.json"),
     "refine": ("pseudo", "confident", "metrics/pseudo.json", "metrics/confident.json"),
+    "affinity": ("affinity", "metrics/affinity_labels.json"),
+    "rw": ("rw", "pseudo_rw", "metrics/pseudo_rw.json", "metrics/*_pseudo_rw.json"),
+    "segment": ("segmentation", "metrics/segmentation.json", "metrics/*_segmentation.json"),
     "report": ("report",),
 }
 #: the subset whose presence means "this stage has produced something" (logs alone do not count)
@@ -255,6 +263,9 @@ _EVIDENCE: dict[str, tuple[str, ...]] = {
     "infer": ("cams/*.npz",),
     "evaluate": ("metrics/seeds.json", "metrics/*_seeds.json"),
     "refine": ("pseudo/*.png", "confident/*.png", "metrics/pseudo.json", "metrics/confident.json"),
+    "affinity": ("affinity/model.safetensors", "affinity/checkpoints/*.ckpt", "affinity/labels/*.png"),
+    "rw": ("rw/*.npz", "pseudo_rw/*.png", "metrics/pseudo_rw.json"),
+    "segment": ("segmentation/model.safetensors", "segmentation/checkpoints/*.ckpt", "metrics/segmentation.json"),
     "report": ("report/index.html",),
 }
 
@@ -709,6 +720,320 @@ def stage_report(cfg: Config) -> Path | None:
     _close_stage(cfg, fp)
     print(f"[report] {path}")
     return path
+
+
+# ---------------------------------------------------------------------------------------
+# affinity labels + boundary network, random walk (IRN), segmentation network
+# ---------------------------------------------------------------------------------------
+
+
+def _post_ddp_overrides() -> dict:
+    """Trainer overrides for a training that runs after the pipeline's DDP part (rank 0 only):
+    one device in this process (``wsss segment`` / ``wsss affinity`` alone can use several)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return {"devices": 1, "strategy": "auto"}
+    return {}
+
+
+def affinity_thresholds(cfg: Config) -> tuple[float, float, str]:
+    """(confident fg, confident bg, source) for the affinity labels.
+
+    ``affinity.fg_threshold`` / ``bg_threshold`` when set; otherwise IRN's ratios to its seed
+    threshold (0.30 = 2 x 0.15, 0.05 = 0.15 / 3) applied to this run's val-chosen seed threshold,
+    so a CAM generator whose best threshold is 0.48 gets 0.96 / 0.16 instead of IRN's constants.
+    """
+    a = cfg.affinity
+    if a.fg_threshold is not None and a.bg_threshold is not None:
+        return float(a.fg_threshold), float(a.bg_threshold), "config"
+    t, src = fixed_threshold(cfg)
+    fg = float(a.fg_threshold) if a.fg_threshold is not None else min(0.99, 2.0 * t)
+    bg = float(a.bg_threshold) if a.bg_threshold is not None else t / 3.0
+    return round(fg, 4), round(bg, 4), f"IRN ratios (2x, 1/3x) to the seed threshold {t:.2f} ({src})"
+
+
+def _train_split_layout(cfg: Config, mask_dir: Path) -> VOCLayout:
+    d = cfg.data
+    return VOCLayout(d.root, d.train_split, limit=d.limit, mask_dir=str(mask_dir.resolve()), check_files=False)
+
+
+def stage_affinity(cfg: Config) -> dict | None:
+    """Affinity labels of the training split and the boundary network trained on them (IRN).
+
+    Writes ``affinity/labels/<id>.png`` (confident labels: two CRF'd argmax passes at the
+    confident fg / bg thresholds of :func:`affinity_thresholds`, disagreement 255; IRN
+    ``cam_to_ir_label``), ``metrics/affinity_labels.json`` (their mIoU and coverage when the
+    split has masks), and ``affinity/model.safetensors`` + ``affinity/model.json`` (the head of
+    :class:`wsss.affinity.model.BoundaryNet`, trained by :class:`wsss.affinity.module.BoundaryModule`
+    with the labels delivered through the same joint augmentation as the image).
+
+    Returns:
+        ``affinity/model.json`` contents; None when ``affinity.enabled`` is false or on a worker rank
+        after training.
+
+    Raises:
+        ValueError: fingerprint mismatch without overwrite; FileNotFoundError: no CAMs.
+    """
+    import lightning as L
+    from safetensors.torch import save
+
+    from wsss.affinity.module import BoundaryModule
+    from wsss.data.datasets import ClassificationDataset, worker_init_fn
+    from wsss.data.transforms import TrainTransform, normalization_stats
+    from wsss.evaluation.seeds import evaluate_masks
+    from wsss.io import atomic_write_bytes
+    from wsss.refine.crf import CRFParams
+    from wsss.refine.pseudo import make_pseudo_masks
+    from wsss.training import make_trainer
+
+    a = cfg.affinity
+    if not a.enabled:
+        return None
+    run = Path(cfg.output_dir)
+    out = run / "affinity"
+    meta_path = out / "model.json"
+    skip, fp = _open_stage(cfg, "affinity", required=[out / "model.safetensors", meta_path])
+    if skip:
+        print(f"[affinity] {out}: the affinity fingerprint matches the config; reusing the boundary network")
+        return read_json(meta_path)
+    t0 = time.time()
+    fg, bg, source = affinity_thresholds(cfg) if not is_worker_rank() else (0.0, 0.0, "")
+    labels_dir = out / "labels"
+    if not is_worker_rank():
+        train_layout = layout_for(cfg, cfg.data.train_split)
+        params = CRFParams.from_dict(cfg.refine.crf)
+        make_pseudo_masks(train_layout, run / "cams", labels_dir, kind="confident", fg_threshold=fg, bg_threshold=bg,
+                          params=params, workers=cfg.refine.workers)
+        if train_layout.has_masks:
+            res = evaluate_masks(train_layout, labels_dir, stage="affinity_labels")
+            res.update(fg_threshold=fg, bg_threshold=bg, threshold_source=source, protocol=protocol(cfg))
+            write_json(run / "metrics" / "affinity_labels.json", res)
+            _print_summary("affinity_labels", res)
+    barrier()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    d = cfg.data
+    mean, std = normalization_stats(cfg.model.normalization)
+    transform = TrainTransform(crop_size=d.crop_size, resize_long=tuple(d.resize_long), hflip=d.hflip, color_jitter=None,
+                               mean=mean, std=std)
+    ds = _AffinityLabelDataset(ClassificationDataset(_train_split_layout(cfg, labels_dir), transform, with_mask=True))
+    bs = int(a.batch_size or d.batch_size)
+    loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, num_workers=d.num_workers,
+                                         drop_last=len(ds) >= 2 * bs, persistent_workers=d.num_workers > 0,
+                                         worker_init_fn=worker_init_fn, generator=torch.Generator().manual_seed(cfg.seed))
+    module = BoundaryModule(backbone=a.backbone or cfg.model.backbone, output_stride=cfg.model.output_stride,
+                            pretrained=a.pretrained or cfg.model.pretrained, radius=a.radius, lr=a.lr,
+                            momentum=a.momentum, weight_decay=a.weight_decay, poly_power=a.poly_power)
+    trainer = make_trainer(cfg, out, max_epochs=int(a.epochs), **_post_ddp_overrides())
+    last = out / "checkpoints" / "last.ckpt"
+    start = time.time()
+    trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
+    seconds = time.time() - start
+    if trainer.global_rank != 0:
+        return None
+    head = {k: v.detach().cpu().contiguous() for k, v in module.net.state_dict().items() if not k.startswith("backbone.")}
+    atomic_write_bytes(out / "model.safetensors", save(head))
+    meta = {"backbone": module.hparams.backbone, "output_stride": cfg.model.output_stride, "pretrained": module.hparams.pretrained,
+            "radius": a.radius, "epochs": int(a.epochs), "fg_threshold": fg, "bg_threshold": bg, "threshold_source": source,
+            "train_images": len(ds), "train_seconds": round(seconds, 1), "fingerprint": fp.hash}
+    write_json(meta_path, meta)
+    _timing(cfg, "affinity", time.time() - t0)
+    _close_stage(cfg, fp)
+    return meta
+
+
+class _AffinityLabelDataset(torch.utils.data.Dataset):
+    """A :class:`ClassificationDataset` over a layout whose masks are affinity labels: renames
+    ``mask`` to ``affinity_label`` (what :class:`BoundaryModule` reads)."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.ds[i])
+        item["affinity_label"] = item.pop("mask")
+        return item
+
+
+def load_boundary_net(cfg: Config):
+    """The trained boundary network of a run (backbone weights from ``affinity``/``model``
+    ``pretrained``, head from ``affinity/model.safetensors``), in eval mode.
+
+    Raises:
+        FileNotFoundError: the run has no trained boundary network.
+    """
+    from safetensors.torch import load_file
+
+    from wsss.affinity.model import BoundaryNet
+    from wsss.backbones import Backbone
+
+    path = Path(cfg.output_dir) / "affinity" / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained boundary network (run the affinity stage first)")
+    meta = read_json(path.with_name("model.json"))
+    net = BoundaryNet(Backbone(meta["backbone"], int(meta["output_stride"]), meta["pretrained"], True, True))
+    missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)
+    if unexpected or [k for k in missing if not k.startswith("backbone.")]:
+        raise ValueError(f"{path}: weights do not fit the boundary network (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return net.eval()
+
+
+def stage_random_walk(cfg: Config) -> dict | None:
+    """Random-walk pseudo masks (IRN): ``rw/<id>.npz`` scores for ``random_walk.splits``, the
+    background threshold swept on ``random_walk.threshold_from`` (``metrics/<split>_pseudo_rw.json``)
+    and applied unchanged to the eval split: ``pseudo_rw/<id>.png`` and ``metrics/pseudo_rw.json``
+    (same keys as seeds: fixed + swept). Runs when ``affinity.enabled``.
+
+    Raises:
+        ValueError: fingerprint mismatch without overwrite; FileNotFoundError: no boundary network/CAMs.
+    """
+    from wsss.data.transforms import normalization_stats
+    from wsss.evaluation.seeds import best_threshold, cam_to_seed, evaluate_seeds
+    from wsss.inference.store import cam_path, load_cam
+    from wsss.io import save_palette_png
+    from wsss.refine.rw import rw_split
+
+    if not cfg.affinity.enabled:
+        return None
+    w = cfg.random_walk
+    run = Path(cfg.output_dir)
+    out = run / "metrics" / "pseudo_rw.json"
+    splits = list(dict.fromkeys([cfg.data.eval_split, *w.splits, *( [w.threshold_from] if w.threshold_from else [])]))
+    skip, fp = _open_stage(cfg, "rw", inputs={"splits": splits}, required=[out])
+    if skip:
+        res = read_json(out)
+        print("[random walk] the rw fingerprint matches the config; reusing pseudo_rw/")
+        _print_summary("pseudo_rw", res)
+        return res
+    t0 = time.time()
+    rank, world = dist_info()
+    net = load_boundary_net(cfg)
+    mean, std = normalization_stats(cfg.model.normalization)
+    rw_dir = run / "rw"
+    for s in splits:
+        rw_split(net, layout_for(cfg, s), run / "cams", rw_dir, radius=w.radius, beta=w.beta, steps=w.steps,
+                 mean=mean, std=std, device=_device(cfg), rank=rank, world_size=world)
+    barrier()
+    if is_worker_rank():
+        return None
+    sweep = _sweep(cfg)
+    if w.threshold_from:
+        vres = evaluate_seeds(layout_for(cfg, w.threshold_from), rw_dir, w.threshold, sweep=sweep)
+        vres.update(stage="pseudo_rw", protocol=protocol(cfg))
+        write_json(run / "metrics" / f"{w.threshold_from}_pseudo_rw.json", vres)
+        thr, source = float(best_threshold(vres)), f"best of the sweep on {w.threshold_from}"
+    else:
+        thr, source = float(w.threshold), "config"
+    layout = layout_for(cfg, cfg.data.eval_split)
+    masks = run / "pseudo_rw"
+    masks.mkdir(parents=True, exist_ok=True)
+    for image_id in layout.ids:
+        save_palette_png(masks / f"{image_id}.png", cam_to_seed(load_cam(cam_path(rw_dir, image_id)), thr))
+    res = evaluate_seeds(layout, rw_dir, thr, sweep=sweep) if layout.has_masks else {"split": layout.split, "miou": None}
+    res.update(stage="pseudo_rw", threshold_source=source, radius=w.radius, beta=w.beta, steps=w.steps,
+               boundary=read_json(run / "affinity" / "model.json"), protocol=protocol(cfg))
+    _timing(cfg, "rw", time.time() - t0)
+    write_json(out, res)
+    _close_stage(cfg, fp)
+    if res.get("miou") is not None:
+        _print_summary("pseudo_rw", res)
+    return res
+
+
+def stage_segment(cfg: Config) -> dict | None:
+    """DeepLabV3+ trained on the run's pseudo masks (``segmentation.source``: pseudo | pseudo_rw |
+    gt for the fully supervised upper bound), evaluated on ``segmentation.eval_splits``
+    (single-scale, multi-scale + flip, + DeepLab CRF): ``segmentation/model.safetensors`` (a
+    shippable model for ``wsss predict``), ``metrics/segmentation.json`` (val) and
+    ``metrics/<split>_segmentation.json``. Runs when ``segmentation.enabled``.
+
+    Raises:
+        ConfigError: bad ``segmentation`` section, pseudo masks of a split other than the eval
+            split; ValueError: fingerprint mismatch without overwrite.
+    """
+    import lightning as L
+
+    from wsss.data.datasets import ClassificationDataset, worker_init_fn
+    from wsss.data.transforms import TrainTransform, normalization_stats
+    from wsss.segmentation import (
+        SegmentationModule,
+        SegParams,
+        evaluate_segmentation_variants,
+        load_segmentation_model,
+        save_segmentation_model,
+    )
+    from wsss.training import make_trainer
+
+    try:
+        p = SegParams.from_dict(cfg.segmentation)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{cfg.source or 'config'}: segmentation: {exc}") from None
+    if not p.enabled:
+        return None
+    run = Path(cfg.output_dir)
+    out = run / "metrics" / "segmentation.json"
+    skip, fp = _open_stage(cfg, "segment", required=[run / "segmentation" / "model.safetensors"])
+    if skip:
+        print("[segment] the segment fingerprint matches the config; reusing segmentation/")
+        return read_json(out) if out.is_file() else {}
+    t0 = time.time()
+    d = cfg.data
+    if p.source != "gt" and d.train_split != d.eval_split:
+        raise ConfigError(f"{cfg.source or 'config'}: segmentation.source {p.source!r} needs pseudo masks of the training "
+                          f"split, but they are made for data.eval_split {d.eval_split!r}")
+    mask_dir = None if p.source == "gt" else run / p.mask_folder
+    if mask_dir is not None and not mask_dir.is_dir():
+        raise FileNotFoundError(f"{mask_dir}: no pseudo masks (run the refine / random-walk stage first)")
+    mean, std = normalization_stats(p.normalization or cfg.model.normalization)
+    layout = (VOCLayout(d.root, d.train_split, limit=d.limit, mask_dir=d.mask_dir, check_files=False) if mask_dir is None
+              else _train_split_layout(cfg, mask_dir))
+    tf = TrainTransform(crop_size=p.crop_size, resize_long=tuple(p.resize_long), hflip=p.hflip, color_jitter=p.color_jitter,
+                        mean=mean, std=std)
+    ds = ClassificationDataset(layout, tf, with_mask=True)
+    if len(ds) < p.batch_size:
+        raise ConfigError(f"{cfg.source or 'config'}: segmentation.batch_size {p.batch_size} > {len(ds)} training images")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=p.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
+                                         worker_init_fn=worker_init_fn, generator=torch.Generator().manual_seed(cfg.seed))
+    module = SegmentationModule(layout.num_classes + 1, p, target_key="mask")
+    trainer = make_trainer(cfg, run / "segmentation", max_epochs=int(p.epochs), **_post_ddp_overrides())
+    last = run / "segmentation" / "checkpoints" / "last.ckpt"
+    start = time.time()
+    trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
+    seconds = time.time() - start
+    if trainer.global_rank == 0:
+        save_segmentation_model(module.net, run, {
+            "class_names": list(layout.class_names), "mean": list(mean), "std": list(std), "source": p.source,
+            "epochs": int(p.epochs), "params": p.to_dict(), "train_images": len(ds), "train_seconds": round(seconds, 1),
+            "fingerprint": fp.hash})
+    barrier()
+    if is_worker_rank():
+        return None
+    net, _ = load_segmentation_model(run, _device(cfg))
+    head: dict = {}
+    ms = {"scales": list(p.eval_scales), "flip": True}
+    for split in p.eval_splits:
+        lay = layout_for(cfg, split)
+        if not lay.has_masks:
+            continue
+        variants = {"single": {}, "multiscale": dict(ms, save_dir=run / "segmentation" / "pred" / split)}
+        if p.crf:
+            variants["multiscale_crf"] = dict(ms, crf=True)
+        res = evaluate_segmentation_variants(net, lay, variants, mean, std)
+        best = res["multiscale_crf" if p.crf else "multiscale"]
+        rec = dict(best, stage="segmentation", variants=res, train_seconds=round(seconds, 1), source=p.source, protocol=protocol(cfg))
+        write_json(run / "metrics" / ("segmentation.json" if split == "val" else f"{split}_segmentation.json"), rec)
+        print(f"[segmentation] {split}: mIoU single-scale {res['single']['miou']:.2f}, multi-scale+flip "
+              f"{res['multiscale']['miou']:.2f}" + (f", +CRF {res['multiscale_crf']['miou']:.2f}" if p.crf else ""))
+        if split == "val" or not head:
+            head = rec
+    _timing(cfg, "segment", time.time() - t0)
+    _close_stage(cfg, fp)
+    return head
 
 
 def _print_summary(name: str, res: dict) -> None:

@@ -1,0 +1,75 @@
+"""Affinity -> random walk -> segmentation -> predict, end to end on real MSRC photographs (tiny)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsss.cli import main
+from wsss.io import read_index_png
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = str(REPO / "configs/msrc/cam.yaml")
+FAST = ["--data.limit", "8", "--trainer.max_epochs", "1", "--data.crop_size", "160", "--data.batch_size", "4",
+        "--data.num_workers", "0", "--inference.scales", "[1.0]", "--refine.workers", "1",
+        "--affinity.enabled", "true", "--affinity.epochs", "1", "--random_walk.steps", "16",
+        "--segmentation.enabled", "true", "--segmentation.epochs", "1", "--segmentation.batch_size", "4",
+        "--segmentation.crop_size", "160", "--segmentation.eval_scales", "[1.0, 0.5]"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, msrc_root):
+    out = tmp_path_factory.mktemp("rwseg")
+    assert main(["pipeline", "--config", CFG, "--data.root", str(msrc_root), "--output_dir", str(out), *FAST]) == 0
+    return out
+
+
+def test_affinity_and_random_walk_outputs(run_dir):
+    labels = sorted((run_dir / "affinity/labels").glob("*.png"))
+    assert len(labels) == 8
+    meta = json.loads((run_dir / "affinity/model.json").read_text())
+    # thresholds derived from the val-chosen seed threshold (IRN's 2x and 1/3x ratios)
+    seeds = json.loads((run_dir / "metrics/seeds.json").read_text())
+    assert meta["fg_threshold"] == pytest.approx(min(0.99, 2 * seeds["threshold"]), abs=1e-4)
+    assert meta["bg_threshold"] == pytest.approx(seeds["threshold"] / 3, abs=1e-4)
+    rw = json.loads((run_dir / "metrics/pseudo_rw.json").read_text())
+    val = json.loads((run_dir / "metrics/val_pseudo_rw.json").read_text())
+    assert rw["threshold"] == val["best"]["threshold"] and rw["threshold_mode"] == "fixed"
+    assert rw["split"] == "train" and rw["num_images"] == 8 and 0 <= rw["miou"] <= 100
+    masks = sorted((run_dir / "pseudo_rw").glob("*.png"))
+    assert len(masks) == 8
+    m = read_index_png(masks[0])
+    assert m.ndim == 2 and m.max() <= 16
+    assert (run_dir / "fingerprints/rw.json").is_file() and (run_dir / "fingerprints/affinity.json").is_file()
+
+
+def test_segmentation_metrics_and_shippable_model(run_dir):
+    seg = json.loads((run_dir / "metrics/segmentation.json").read_text())
+    assert seg["split"] == "val" and set(seg["variants"]) == {"single", "multiscale", "multiscale_crf"}
+    for v in seg["variants"].values():
+        assert 0 <= v["miou"] <= 100 and "per_class" in v
+    meta = json.loads((run_dir / "segmentation/model.json").read_text())
+    assert meta["class_names"][0] == "background" and len(meta["class_names"]) == 17
+
+
+def test_rerun_reuses_everything_and_predict_writes_masks(run_dir, msrc_root, tmp_path, capsys):
+    before = (run_dir / "segmentation/model.safetensors").stat().st_mtime_ns
+    assert main(["pipeline", "--config", CFG, "--data.root", str(msrc_root), "--output_dir", str(run_dir), *FAST]) == 0
+    assert (run_dir / "segmentation/model.safetensors").stat().st_mtime_ns == before
+    src = tmp_path / "in"
+    src.mkdir()
+    jpg = sorted((msrc_root / "JPEGImages").glob("*.jpg"))[0]
+    (src / jpg.name).write_bytes(jpg.read_bytes())
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 1000, 3), dtype=np.uint8)).save(src / "odd.png")
+    (src / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    rc = main(["predict", "--run", str(run_dir), "--output", str(out), str(src)])
+    assert rc != 0  # one file failed ...
+    assert "broken.jpg" in capsys.readouterr().err
+    odd = read_index_png(out / "odd.png")  # ... the others were written, at their own size
+    assert odd.shape == (700, 1000)
+    assert (out / f"{jpg.stem}.png").is_file() and (out / f"{jpg.stem}_overlay.jpg").is_file()
