@@ -1,6 +1,13 @@
 """wsss.report: pictures (CAM / label-map overlays), metric plots and the HTML report of a run."""
 
-from wsss.report.html import build_report, format_number, load_metrics
+from wsss.report.html import (
+    build_report,
+    format_number,
+    format_percent,
+    format_ratio,
+    format_threshold,
+    load_metrics,
+)
 from wsss.report.overlay import (
     as_rgb,
     cam_overlay,
@@ -18,6 +25,9 @@ __all__ = [
     "build_report",
     "load_metrics",
     "format_number",
+    "format_percent",
+    "format_threshold",
+    "format_ratio",
     "as_rgb",
     "resize_rgb",
     "cam_overlay",

@@ -6,7 +6,8 @@ any thread or a headless machine.
 
 Inputs are the metrics dictionaries written by the evaluation stages (see
 ``wsss.report.html``): mIoU and the other scores are plotted in the units they are
-stored in (fractions in [0, 1] in wsss).
+stored in: wsss stores mIoU, IoU, precision and recall in % (0..100), m_under / m_over
+as ratios; labels print % values with one decimal and thresholds with two.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def sweep_plot(metrics: Mapping[str, Mapping[str, Any]]) -> bytes:
 
     For each entry with a ``sweep`` list (``[{"threshold", "miou"}, ...]``) draws the
     curve, a circle + dotted vertical line at the fixed threshold (``threshold``,
-    ``miou`` of the file) and a star at the sweep's best (``best.threshold``,
+    ``miou`` of the file; none when ``threshold`` is None, e.g. for a file whose sweep only
+    chose the threshold) and a star at the sweep's best (``best.threshold``,
     ``best.miou``, or the curve's maximum if ``best`` is absent).
 
     Args:
@@ -75,7 +77,7 @@ def sweep_plot(metrics: Mapping[str, Mapping[str, Any]]) -> bytes:
     curves = {name: m for name, m in metrics.items() if has_sweep(m)}
     if not curves:
         raise ValueError("sweep_plot: no metrics file has a non-empty 'sweep'")
-    fig = Figure(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(9.0, 4.0))
     ax = fig.add_subplot(1, 1, 1)
     for i, (name, m) in enumerate(curves.items()):
         colour = f"C{i % 10}"
@@ -87,7 +89,7 @@ def sweep_plot(metrics: Mapping[str, Mapping[str, Any]]) -> bytes:
             if v_fixed is not None:
                 ax.plot(
                     [t_fixed], [v_fixed], "o", color=colour, ms=7, mfc="white", mew=2,
-                    label=f"{name} fixed t={t_fixed:g}: {v_fixed:.4f}",
+                    label=f"{name} used t={t_fixed:.2f}: {v_fixed:.1f}",
                 )
         best = m.get("best") if isinstance(m.get("best"), Mapping) else {}
         t_best, v_best = _num(best.get("threshold")), _num(best.get("miou"))
@@ -95,13 +97,13 @@ def sweep_plot(metrics: Mapping[str, Mapping[str, Any]]) -> bytes:
             t_best, v_best = max(pts, key=lambda p: p[1])
         ax.plot(
             [t_best], [v_best], "*", color=colour, ms=13, mec="black", mew=0.6,
-            label=f"{name} swept best t={t_best:g}: {v_best:.4f}",
+            label=f"{name} swept best t={t_best:.2f}: {v_best:.1f}",
         )
     ax.set_xlabel("background threshold")
-    ax.set_ylabel("mIoU")
-    ax.set_title("mIoU vs background threshold (o = fixed, * = swept best)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("mIoU vs background threshold (o = used, * = swept best)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return _to_png(fig)
 
@@ -153,7 +155,7 @@ def rounds_plot(rounds: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> byte
         (h,) = target.plot([p[0] for p in pts], [p[1] for p in pts], ls=ls, marker=marker, color=f"C{i}", label=label)
         handles.append(h)
     ax.set_xlabel("round")
-    ax.set_ylabel("mIoU")
+    ax.set_ylabel("mIoU (%)")
     if ax2 is not None:
         ax2.set_ylabel("m_under / m_over")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -206,9 +208,9 @@ def per_class_bar(metrics: Mapping[str, Mapping[str, Any]], class_names: Sequenc
     ax.set_yticks(range(n_cls))
     ax.set_yticklabels(order, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("IoU")
+    ax.set_xlabel("IoU (%)")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    ax.set_title("per-class IoU (at each file's fixed threshold)")
+    ax.set_title("per-class IoU (%)")
     fig.tight_layout()
     return _to_png(fig)
