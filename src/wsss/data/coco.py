@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from wsss.data.voc import class_file_stem
-from wsss.io import atomic_write, read_json, save_palette_png
+from wsss.io import MAX_IMAGE_PIXELS, atomic_write, image_id_problem, read_json, save_palette_png
 
 __all__ = ["coco_to_voc_layout"]
 
@@ -85,8 +85,11 @@ def coco_to_voc_layout(
 
     Raises:
         ImportError: pycocotools missing.
-        ValueError: ``<instances_json>: ...`` bad content (unknown category id, size mismatch),
-            or ``<dest>/classes.txt: ...`` if it lists other classes.
+        ValueError: ``<instances_json>: ...`` bad content (not a COCO instances object, missing
+            or mistyped fields, unknown or duplicate category id, ``file_name`` that is absolute,
+            contains ``..`` or gives an invalid / duplicate image id, image larger than
+            :data:`wsss.io.MAX_IMAGE_PIXELS`, undecodable segmentation, size mismatch), or
+            ``<dest>/classes.txt: ...`` if it lists other classes.
         FileNotFoundError: ``<image>: ...`` an image named in the JSON is missing.
     """
     if overlap not in _OVERLAP:
@@ -96,9 +99,7 @@ def coco_to_voc_layout(
     images_dir = Path(images_dir).resolve()
     dest = Path(dest)
     data = read_json(src)
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"{src}: not a COCO instances file (no {key!r})")
+    _check_coco(data, src)
 
     cats = sorted(data["categories"], key=lambda c: c["id"])
     cat_to_class = {c["id"]: k + 1 for k, c in enumerate(cats)}
@@ -127,12 +128,16 @@ def coco_to_voc_layout(
     C = len(cats)
     ids: list[str] = []
     labels: list[np.ndarray] = []
+    seen: dict[str, object] = {}
     for im in images:
         anns = anns_by_image.get(im["id"], [])
         if skip_empty and not anns:
             continue
         file_name = str(im["file_name"])
         image_id = Path(file_name).stem
+        if image_id in seen:
+            raise ValueError(f"{src}: images {seen[image_id]} and {im['id']} both map to image id {image_id!r}")
+        seen[image_id] = im["id"]
         h, w = int(im["height"]), int(im["width"])
         source = images_dir / file_name
         if not source.is_file():
@@ -162,6 +167,51 @@ def coco_to_voc_layout(
     return dest
 
 
+def _check_coco(data: object, src: Path) -> None:
+    """Validate the parts of a COCO instances object the conversion reads (one-line errors)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{src}: not a COCO instances file (top level is {type(data).__name__}, not an object)")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise ValueError(f"{src}: not a COCO instances file (no {key!r})")
+        if not isinstance(data[key], list):
+            raise ValueError(f"{src}: {key!r} must be a list, got {type(data[key]).__name__}")
+
+    def need(obj: object, what: str, fields: dict[str, type | tuple[type, ...]]) -> None:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{src}: {what} is {type(obj).__name__}, not an object")
+        for f, t in fields.items():
+            if f not in obj:
+                raise ValueError(f"{src}: {what} has no {f!r}")
+            if not isinstance(obj[f], t) or isinstance(obj[f], bool):
+                raise ValueError(f"{src}: {what} field {f!r} has type {type(obj[f]).__name__}")
+
+    cat_ids: set[int] = set()
+    for k, c in enumerate(data["categories"]):
+        need(c, f"category #{k}", {"id": int, "name": str})
+        if c["id"] in cat_ids:
+            raise ValueError(f"{src}: duplicate category id {c['id']}")
+        cat_ids.add(c["id"])
+    if not cat_ids:
+        raise ValueError(f"{src}: no categories")
+    for k, im in enumerate(data["images"]):
+        need(im, f"image #{k}", {"id": int, "file_name": str, "height": int, "width": int})
+        name = im["file_name"]
+        what = f"image {im['id']}"
+        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            raise ValueError(f"{src}: {what} has unsafe file_name {name!r} (absolute or '..')")
+        problem = image_id_problem(Path(name).stem)
+        if problem is not None:
+            raise ValueError(f"{src}: {what} file_name {name!r} gives an invalid image id: {problem}")
+        h, w = im["height"], im["width"]
+        if h < 1 or w < 1:
+            raise ValueError(f"{src}: {what} has size {w}x{h}")
+        if h * w > MAX_IMAGE_PIXELS:
+            raise ValueError(f"{src}: {what} of {w} x {h} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels")
+    for k, a in enumerate(data["annotations"]):
+        need(a, f"annotation #{k}", {"image_id": int, "category_id": int, "segmentation": (list, dict)})
+
+
 def _paint(mask_utils, anns: list[dict], cat_to_class: dict[int, int], h: int, w: int, overlap: str, src: Path) -> np.ndarray:
     """(h, w) uint8 class mask from instance annotations (see :func:`coco_to_voc_layout`)."""
     cls = np.zeros((h, w), dtype=np.uint8)
@@ -181,9 +231,13 @@ def _paint(mask_utils, anns: list[dict], cat_to_class: dict[int, int], h: int, w
 
 
 def _decode(mask_utils, ann: dict, h: int, w: int, src: Path) -> np.ndarray:
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # pycocotools vs NumPy 2 copy= keyword
-        m = _ann_mask(mask_utils, ann["segmentation"], h, w)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # pycocotools vs NumPy 2 copy= keyword
+            m = _ann_mask(mask_utils, ann["segmentation"], h, w)
+    except Exception as exc:  # pycocotools raises TypeError, ValueError, KeyError, ... on bad input
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"{src}: annotation {ann.get('id')} has an undecodable segmentation ({msg})") from None
     if m.shape != (h, w):
         raise ValueError(f"{src}: annotation {ann.get('id')} decodes to {m.shape}, image is {(h, w)}")
     return m

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
-from wsss.io import read_index_png
+from wsss.io import MAX_IMAGE_PIXELS, ImageTooLargeError, image_id_problem, open_image, read_index_png
 
 __all__ = ["DatasetError", "VOC_CLASSES", "VOCLayout", "class_file_stem"]
 
@@ -84,6 +83,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _read_text(path: Path) -> str:
+    """UTF-8 text of a dataset file; DatasetError naming the file if unreadable or not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or _one_line(exc)})") from None
+
+
 class VOCLayout:
     """Index of one split of a VOC-layout folder.
 
@@ -109,15 +118,25 @@ class VOCLayout:
             opens (``PIL.Image.open`` + ``verify()``) and it decodes (reduced-size JPEG draft
             decode, catches truncation), and - if any mask exists - that every id has a
             mask of the image's size. ``"header"`` skips the decode; ``False`` skips all.
+        max_pixels: largest image / mask accepted, in pixels (default
+            :data:`wsss.io.MAX_IMAGE_PIXELS` = 64 Mpx; ``None`` = Pillow's own limit). Larger
+            headers (decompression bombs) raise ``DatasetError`` before any pixel is decoded.
+
+    Split files (``ImageSets/Segmentation/<split>.txt``) hold one id per line (further
+    columns are ignored). Each id becomes a file name, so an id that is absolute, contains
+    ``..``, a path separator, NUL or another control character, is empty, or repeats an
+    earlier line is refused (:func:`wsss.io.image_id_problem`).
 
     Attributes:
         root (Path), split (str), ids (list[str]), class_names (list[str], index 0
-        ``"background"``), num_classes (int, foreground count C), has_masks (bool).
+        ``"background"``), num_classes (int, foreground count C), has_masks (bool),
+        max_pixels (int | None).
 
     Raises:
-        DatasetError: one-line message starting with the offending file, for a missing split
-            file, unknown class, id without image-level label, missing/corrupt image, missing
-            mask or mask/image size mismatch.
+        DatasetError: one-line message starting with the offending file (split files:
+            ``<file>:<line>: ...``), for a missing or non-UTF-8 split file, invalid or duplicate
+            image id, unknown class, id without image-level label, missing/corrupt/too large
+            image, missing or unreadable mask, or mask/image size mismatch.
     """
 
     def __init__(
@@ -129,11 +148,16 @@ class VOCLayout:
         mask_dir: str = "auto",
         labels: str | Mapping[str, object] = "auto",
         check_files: bool | str = True,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         self.root = Path(root)
         self.split = str(split)
+        self.max_pixels = max_pixels
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: dataset folder not found")
+        problem = image_id_problem(self.split)
+        if problem is not None:
+            raise DatasetError(f"{self.root}: invalid split name {self.split!r}: {problem}")
         self.mask_dir = mask_dir
         self.class_names = self._read_class_names()
         self.num_classes = len(self.class_names) - 1
@@ -162,7 +186,7 @@ class VOCLayout:
         path = self.root / "classes.txt"
         if not path.is_file():
             return list(VOC_CLASSES)
-        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        names = [ln.strip() for ln in _read_text(path).splitlines() if ln.strip()]
         if len(names) < 2:
             raise DatasetError(f"{path}: needs background plus at least one class, got {len(names)} names")
         if names[0].lower() != "background":
@@ -183,14 +207,21 @@ class VOCLayout:
         else:
             raise DatasetError(f"{cands[0]}: split file not found (nor {cands[1]})")
         ids: list[str] = []
-        seen: set[str] = set()
-        for ln in path.read_text(encoding="utf-8").splitlines():
-            parts = ln.split()
-            if not parts:
+        seen: dict[str, int] = {}
+        # split on "\n" only (and strip "\r"): str.splitlines() would also break at \x0b,
+        # \x0c, \x1c-\x1e, \x85, U+2028/9 and hide such control characters from the check
+        for lineno, ln in enumerate(_read_text(path).split("\n"), 1):
+            fields = ln.removesuffix("\r").replace("\t", " ").split(" ")
+            image_id = next((f for f in fields if f), "")  # first column; blank line -> ""
+            if not image_id:
                 continue
-            if parts[0] not in seen:
-                seen.add(parts[0])
-                ids.append(parts[0])
+            problem = image_id_problem(image_id)
+            if problem is not None:
+                raise DatasetError(f"{path}:{lineno}: invalid image id {image_id!r}: {problem}")
+            if image_id in seen:
+                raise DatasetError(f"{path}:{lineno}: duplicate image id {image_id!r} (first on line {seen[image_id]})")
+            seen[image_id] = lineno
+            ids.append(image_id)
         if limit is not None:
             if limit < 0:
                 raise ValueError(f"limit must be >= 0, got {limit}")
@@ -235,19 +266,26 @@ class VOCLayout:
             RGB; the EXIF orientation tag is ignored (pixels as stored, as in VOC tooling).
 
         Raises:
-            DatasetError: missing or undecodable file.
+            DatasetError: missing or undecodable file, or more than ``max_pixels`` pixels
+                (``<file>: image of W x H pixels exceeds the limit of N pixels ...``).
         """
         path = self.image_path(image_id)
         if not path.is_file():
             raise DatasetError(f"{path}: image file not found")
         try:
-            with Image.open(path) as img:
+            with open_image(path, max_pixels=self.max_pixels) as img:
                 img.load()
                 if img.mode != "RGB":
                     img = img.convert("RGB")
-                return np.asarray(img, dtype=np.uint8).copy()
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise DatasetError(f"{path}: cannot decode image ({_one_line(exc)})") from None
+                arr = np.asarray(img, dtype=np.uint8).copy()
+        except ImageTooLargeError as exc:
+            raise DatasetError(str(exc)) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            msg = _one_line(exc)
+            raise DatasetError(msg if msg.startswith(f"{path}: ") else f"{path}: cannot decode image ({msg})") from None
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise DatasetError(f"{path}: empty or malformed image (decoded shape {arr.shape})")
+        return arr
 
     def mask(self, image_id: str) -> np.ndarray:
         """Read the class mask of ``image_id``.
@@ -256,13 +294,30 @@ class VOCLayout:
             uint8 array (H, W) of raw palette indices: 0 background, 1..C classes, 255 void.
 
         Raises:
-            DatasetError: mask missing or not a single-channel PNG.
+            DatasetError: mask missing, unreadable, not a single-channel PNG, larger than
+                ``max_pixels``, or of another size than the image (when the image header
+                opens; a missing image is reported by :meth:`image`).
         """
         path = self.mask_path(image_id)
         try:
-            return read_index_png(path)
+            mask = read_index_png(path, max_pixels=self.max_pixels)
         except (FileNotFoundError, ValueError) as exc:
             raise DatasetError(_one_line(exc)) from None
+        size = self._image_size(image_id)
+        if size is not None and (mask.shape[1], mask.shape[0]) != size:
+            raise DatasetError(
+                f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
+                f"{self.image_path(image_id).name} size {size[0]}x{size[1]}"
+            )
+        return mask
+
+    def _image_size(self, image_id: str) -> tuple[int, int] | None:
+        """(W, H) from the image header, or None if the image is missing or unreadable."""
+        try:
+            with open_image(self.image_path(image_id), max_pixels=None) as img:
+                return img.size
+        except (OSError, ValueError):
+            return None
 
     def label(self, image_id: str) -> np.ndarray:
         """Multi-hot image-level label of ``image_id``: float32 (C,), class c at index c-1."""
@@ -297,7 +352,7 @@ class VOCLayout:
             path = self._main_file(class_file_stem(self.class_names[c]), split)
             if not path.is_file():
                 raise DatasetError(f"{path}: class file missing (other '*_{split}.txt' class files exist)")
-            for lineno, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for lineno, ln in enumerate(_read_text(path).splitlines(), 1):
                 parts = ln.split()
                 if not parts:
                     continue
@@ -333,6 +388,8 @@ class VOCLayout:
             tree = ET.parse(path)
         except ET.ParseError as exc:
             raise DatasetError(f"{path}: not valid XML ({_one_line(exc)})") from None
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot read ({exc.strerror or _one_line(exc)})") from None
         vec = np.zeros(self.num_classes, dtype=np.float32)
         for obj in tree.getroot().iter("object"):
             name = (obj.findtext("name") or "").strip()
@@ -444,16 +501,18 @@ class VOCLayout:
             if not path.is_file():
                 raise DatasetError(f"{path}: image file not found (id {i} of {self.split_file.name})")
             try:
-                with Image.open(path) as img:
+                with open_image(path, max_pixels=self.max_pixels) as img:
                     size = img.size
                     fmt = img.format
                     img.verify()
                 if decode:
-                    with Image.open(path) as img:
+                    with open_image(path, max_pixels=self.max_pixels) as img:
                         if fmt == "JPEG":
                             img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
                         img.load()
-            except (OSError, SyntaxError, ValueError) as exc:
+            except ImageTooLargeError as exc:
+                raise DatasetError(f"{_one_line(exc)} (id {i} of {self.split_file.name})") from None
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
                 raise DatasetError(f"{path}: unreadable or corrupt image ({_one_line(exc)})") from None
             if not masks:
                 continue
@@ -461,8 +520,10 @@ class VOCLayout:
             if not mpath.is_file():
                 raise DatasetError(f"{mpath}: mask file missing for id {i} (other ids of the split have masks)")
             try:
-                with Image.open(mpath) as m:
+                with open_image(mpath, max_pixels=self.max_pixels) as m:
                     msize, mmode = m.size, m.mode
+            except ImageTooLargeError as exc:
+                raise DatasetError(_one_line(exc)) from None
             except (OSError, SyntaxError, ValueError) as exc:
                 raise DatasetError(f"{mpath}: unreadable mask ({_one_line(exc)})") from None
             if mmode not in ("P", "L"):
