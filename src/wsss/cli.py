@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("download", help="download and unpack PASCAL VOC 2012 / SBD (needs internet)")
     dl.add_argument("--dataset", choices=["voc12", "sbd"], required=True)
     dl.add_argument("--dest", required=True, help="folder to unpack into")
+    dl.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a download fails (default 60)")
     return p
 
 
@@ -83,7 +84,7 @@ def _run(argv: list[str]) -> int:
             raise ValueError(f"command line: unexpected argument(s) {rest}")
         from wsss.data.download import main_download
 
-        main_download(args.dataset, args.dest)
+        main_download(args.dataset, args.dest, timeout=args.timeout)
         return 0
     if args.command == "predict":
         if rest:

@@ -202,13 +202,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         ValueError: ``<path>: cannot decode image (...)``.
     """
+    from wsss.io import ImageTooLargeError, open_image
+
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
             if img.mode != "RGB":
                 img = img.convert("RGB")
             arr = np.asarray(img, dtype=np.uint8).copy()
+    except ImageTooLargeError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: cannot decode image ({_one_line(exc)})") from None
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
