@@ -3,6 +3,8 @@
 - :mod:`wsss.data.voc` (no torch): ``DatasetError``, ``VOC_CLASSES``, ``VOCLayout``.
 - :mod:`wsss.data.transforms`: ``normalize``, ``TrainTransform`` (IRN / Puzzle-CAM recipe).
 - :mod:`wsss.data.datasets`: ``ClassificationDataset``, ``ImageDataset``, ``collate_keep_lists``.
+- :mod:`wsss.data.extras`: ``ExtraSource``, ``LabelDirSource`` (per-image extra training
+  inputs, augmented jointly with the image).
 - :mod:`wsss.data.download`: ``download_voc12``, ``download_sbd``, ``main_download``.
 - :mod:`wsss.data.coco`: ``coco_to_voc_layout`` (needs pycocotools).
 
@@ -28,6 +30,8 @@ _EXPORTS = {
     "ImageDataset": "datasets",
     "collate_keep_lists": "datasets",
     "worker_init_fn": "datasets",
+    "ExtraSource": "extras",
+    "LabelDirSource": "extras",
     "download_voc12": "download",
     "download_sbd": "download",
     "main_download": "download",

@@ -17,14 +17,18 @@ for third-party code.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wsss.data.extras import RESERVED_NAMES
 from wsss.data.transforms import normalize
 from wsss.data.voc import VOCLayout
+
+if TYPE_CHECKING:
+    from wsss.data.extras import ExtraSource
 
 __all__ = ["ClassificationDataset", "ImageDataset", "collate_keep_lists", "worker_init_fn"]
 
@@ -41,18 +45,32 @@ class ClassificationDataset(Dataset):
 
     Args:
         layout: the split to read.
-        transform: callable ``(image uint8 (H,W,3), mask (H,W) uint8 | None, *, rng) -> dict``
-            with at least ``"image"`` (e.g. :class:`~wsss.data.transforms.TrainTransform`);
-            None = plain :func:`~wsss.data.transforms.normalize`, full image.
+        transform: callable ``(image uint8 (H,W,3), mask (H,W) uint8 | None, *, rng[, extras])
+            -> dict`` with at least ``"image"`` (e.g. :class:`~wsss.data.transforms.TrainTransform`,
+            which also takes ``extras=`` and returns ``"extras"``); None = plain
+            :func:`~wsss.data.transforms.normalize`, full image.
         with_mask: also read the ground-truth mask and pass it to the transform (needs
             ``layout.has_masks``); off by default since image-level training never sees masks.
         skip_unlabelled: leave out images whose label has no foreground class (MSRC train has
             61 such images; IRN/VOC has none). Kept by default: they are negatives for every class.
+        extras: ``{name: ExtraSource}`` (:mod:`wsss.data.extras`): per-image integer maps loaded
+            for every item and augmented jointly with the image (the transform gets
+            ``extras={name: (map, source.pad_value)}``: same nearest rescale, flip and crop,
+            padding = ``pad_value``). A name may not be one of
+            :data:`wsss.data.extras.RESERVED_NAMES`.
 
     Item:
         ``{"image": float32 (3, S, S), "label": float32 (C,) multi-hot, "id": str}`` plus
         ``"mask"`` int64 (S, S) (255 = ignore/padding) and ``"valid"`` float32 (S, S) when the
-        transform returns them (not None).
+        transform returns them (not None), plus ``item[name]`` int64 (S, S) for every extra
+        (full image size (H, W) when ``transform`` is None).
+
+    Raises:
+        ValueError: ``<root>: ...`` with_mask on a split without masks, no labelled image with
+            skip_unlabelled, a reserved or non-string extra name, an extra that is not an
+            ExtraSource-like object; at item time, an extra map whose size differs from the
+            image (``<image id>: extra input '<name>' ...``).
+        FileNotFoundError: at item time, an extra map that does not exist (named by the source).
     """
 
     def __init__(
@@ -62,12 +80,19 @@ class ClassificationDataset(Dataset):
         *,
         with_mask: bool = False,
         skip_unlabelled: bool = False,
+        extras: Mapping[str, "ExtraSource"] | None = None,
     ) -> None:
         if with_mask and not layout.has_masks:
             raise ValueError(f"{layout.root}: with_mask=True but split {layout.split!r} has no masks")
         self.layout = layout
         self.transform = transform
         self.with_mask = with_mask
+        self.extras: dict[str, ExtraSource] = dict(extras or {})
+        for name, src in self.extras.items():
+            if not isinstance(name, str) or not name or name in RESERVED_NAMES:
+                raise ValueError(f"{layout.root}: extra input name {name!r} is empty or reserved ({list(RESERVED_NAMES)})")
+            if not callable(getattr(src, "load", None)) or not hasattr(src, "pad_value"):
+                raise ValueError(f"{layout.root}: extra input '{name}' is not an ExtraSource (needs load() and pad_value)")
         self._labels = torch.from_numpy(layout.labels_matrix())
         rows = range(len(layout))
         if skip_unlabelled:
@@ -79,24 +104,41 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _load_extras(self, image_id: str, shape: tuple[int, int]) -> dict[str, tuple[np.ndarray, int]]:
+        out = {}
+        for name, src in self.extras.items():
+            arr = np.asarray(src.load(image_id))
+            if arr.shape != tuple(shape):
+                raise ValueError(f"{image_id}: extra input '{name}' has size {arr.shape}, the image {tuple(shape)}")
+            out[name] = (arr, int(src.pad_value))
+        return out
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self.rows[index]
         image_id = self.layout.ids[index]
         image = self.layout.image(image_id)
         mask = self.layout.mask(image_id) if self.with_mask else None
+        extras = self._load_extras(image_id, image.shape[:2]) if self.extras else None
         item: dict[str, Any] = {"label": self._labels[index].clone(), "id": image_id}
         if self.transform is None:
             item["image"] = normalize(image)
             if mask is not None:
                 item["mask"] = torch.from_numpy(mask.astype(np.int64))
+            for name, (arr, _) in (extras or {}).items():
+                item[name] = torch.from_numpy(arr.astype(np.int64))
             return item
         seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64).item())
         rng = np.random.default_rng([seed, index])
-        out = self.transform(image, mask, rng=rng)
+        if extras:
+            out = self.transform(image, mask, rng=rng, extras=extras)
+        else:
+            out = self.transform(image, mask, rng=rng)
         item["image"] = out["image"]
         for key in ("mask", "valid"):
             if out.get(key) is not None:
                 item[key] = out[key]
+        for name in self.extras:
+            item[name] = out["extras"][name]
         return item
 
 

@@ -11,6 +11,13 @@ All randomness comes from a ``numpy.random.Generator`` passed per call, so a tra
 deterministic given a seeded generator and safe in DataLoader workers. Geometry (scale, flip,
 crop) and colour jitter draw from two generators spawned from it, so enabling jitter leaves the
 crops of a given seed unchanged.
+
+**Joint augmentation of dense maps.** The class mask and any number of per-image *extra* maps
+(:mod:`wsss.data.extras`: GSLM's confidence CAM, superpixels, saliency hints, ...) receive the
+image's geometry exactly: the same rescale (nearest neighbour, PIL's sampling grid, so a pixel
+of the map lands where the same pixel of the image lands), the same flip, the same crop window
+and container offset; padding is 255 for the mask and each extra's own pad value. Maps never
+draw from the generator, so adding or removing one leaves the image's augmentation unchanged.
 """
 
 from __future__ import annotations
@@ -106,15 +113,16 @@ class TrainTransform:
         mean, std: normalisation statistics (0..1 scale).
 
     Call:
-        ``transform(image, mask=None, *, rng=None)`` with ``image`` uint8 (H, W, 3) RGB,
-        ``mask`` uint8/int (H, W) class indices (255 = ignore) or None, ``rng`` a
+        ``transform(image, mask=None, *, rng=None, extras=None)`` with ``image`` uint8 (H, W, 3)
+        RGB, ``mask`` uint8/int (H, W) class indices (255 = ignore) or None, ``rng`` a
         ``numpy.random.Generator`` or int seed (``generator=`` is an alias; None draws fresh
-        OS entropy).
+        OS entropy), ``extras`` ``{name: (integer (H, W) map, pad value)}`` or None.
 
     Returns:
         dict with ``image`` float32 tensor (3, S, S) normalised (padding = 0), ``mask`` int64
         tensor (S, S) (padding = 255) or None, ``valid`` float32 tensor (S, S), 1 on real
-        pixels and 0 on padding.
+        pixels and 0 on padding, and with ``extras`` given, ``extras``: ``{name: int64 (S, S)}``
+        (padding = that map's pad value), geometrically aligned with the image.
     """
 
     def __init__(
@@ -153,18 +161,17 @@ class TrainTransform:
         )
 
     # -------------------------------------------------------------- steps
-    def _rescale(self, img: Image.Image, mask: Image.Image | None, rng: np.random.Generator):
+    def _rescale(self, img: Image.Image, maps: dict[str, Image.Image], rng: np.random.Generator):
         if self.resize_long is None:
-            return img, mask
+            return img, maps
         target = int(rng.integers(self.resize_long[0], self.resize_long[1] + 1))
         w, h = img.size
         scale = target / max(w, h)
         nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-            if mask is not None:
-                mask = mask.resize((nw, nh), Image.Resampling.NEAREST)
-        return img, mask
+            maps = {k: m.resize((nw, nh), Image.Resampling.NEAREST) for k, m in maps.items()}
+        return img, maps
 
     def _jitter_image(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         j = self._jitter
@@ -188,7 +195,26 @@ class TrainTransform:
         *,
         rng: np.random.Generator | int | None = None,
         generator: np.random.Generator | int | None = None,
+        extras: Mapping[str, tuple[np.ndarray, int]] | None = None,
     ) -> dict[str, Any]:
+        """Augment ``image`` (and ``mask`` / ``extras`` with the same geometry).
+
+        Args:
+            image: uint8 (H, W, 3) RGB.
+            mask: None or integer (H, W) class indices in 0..255 (255 = ignore).
+            rng / generator: ``numpy.random.Generator`` or int seed (None: fresh OS entropy).
+            extras: ``name -> (map, pad_value)``; each map an integer (H, W) array whose values
+                fit in int32, augmented like the mask (nearest rescale, flip, crop) and padded
+                with ``pad_value``.
+
+        Returns:
+            ``{"image": float32 (3, S, S), "mask": int64 (S, S) | None, "valid": float32 (S, S)}``
+            plus, when ``extras`` is given, ``"extras": {name: int64 (S, S)}``.
+
+        Raises:
+            ValueError: bad image; a mask / extra map whose shape differs from the image's,
+                that is not integer, or out of range (mask 0..255, extras int32).
+        """
         image = _check_image(image)
         if rng is None:
             rng = generator
@@ -197,20 +223,24 @@ class TrainTransform:
         # independent streams: turning colour jitter on/off does not change the geometry
         rng, color_rng = rng.spawn(2)
         img = Image.fromarray(np.ascontiguousarray(image))
-        mimg = None
+        maps: dict[str, Image.Image] = {}
+        pads: dict[str, int] = {}
         if mask is not None:
             mask = np.asarray(mask)
             if mask.shape != image.shape[:2]:
                 raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape[:2]}")
             if mask.size and (mask.min() < 0 or mask.max() > 255):
                 raise ValueError("mask values must lie in 0..255")
-            mimg = Image.fromarray(np.ascontiguousarray(mask.astype(np.uint8)))
+            maps["\0mask"] = Image.fromarray(np.ascontiguousarray(mask.astype(np.uint8)))
+            pads["\0mask"] = 255
+        for name, (arr, pad) in (extras or {}).items():
+            maps[name] = _map_to_pil(arr, image.shape[:2], f"extra input '{name}'")
+            pads[name] = int(pad)
 
-        img, mimg = self._rescale(img, mimg, rng)
+        img, maps = self._rescale(img, maps, rng)
         if self.hflip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            if mimg is not None:
-                mimg = mimg.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            maps = {k: m.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for k, m in maps.items()}
         if self._jitter is not None:
             img = self._jitter_image(img, color_rng)
 
@@ -229,9 +259,28 @@ class TrainTransform:
         out[:, cy : cy + lh, cx : cx + lw] = x[:, iy : iy + lh, ix : ix + lw]
         valid = torch.zeros((S, S), dtype=torch.float32)
         valid[cy : cy + lh, cx : cx + lw] = 1.0
-        m_out = None
-        if mimg is not None:
-            m = torch.from_numpy(np.asarray(mimg, dtype=np.uint8).astype(np.int64))
-            m_out = torch.full((S, S), 255, dtype=torch.int64)
-            m_out[cy : cy + lh, cx : cx + lw] = m[iy : iy + lh, ix : ix + lw]
-        return {"image": out, "mask": m_out, "valid": valid}
+        cropped: dict[str, torch.Tensor] = {}
+        for k, m in maps.items():
+            arr = torch.from_numpy(np.asarray(m).astype(np.int64))
+            t = torch.full((S, S), pads[k], dtype=torch.int64)
+            t[cy : cy + lh, cx : cx + lw] = arr[iy : iy + lh, ix : ix + lw]
+            cropped[k] = t
+        res: dict[str, Any] = {"image": out, "mask": cropped.pop("\0mask", None), "valid": valid}
+        if extras is not None:
+            res["extras"] = cropped
+        return res
+
+
+def _map_to_pil(arr: np.ndarray, shape: tuple[int, int], what: str) -> Image.Image:
+    """An integer (H, W) map as a PIL image for nearest resampling: mode ``L`` when its values fit
+    in 0..255, else ``I`` (int32). Raises ValueError naming ``what`` on a bad map."""
+    arr = np.asarray(arr)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{what}: map shape {arr.shape} differs from image shape {tuple(shape)}")
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise ValueError(f"{what}: map must hold integers, got dtype {arr.dtype}")
+    if arr.size == 0 or (arr.min() >= 0 and arr.max() <= 255):
+        return Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8)))  # mode L
+    if arr.min() < -(2**31) or arr.max() > 2**31 - 1:
+        raise ValueError(f"{what}: map values must fit in int32")
+    return Image.fromarray(np.ascontiguousarray(arr.astype(np.int32)))  # mode I
