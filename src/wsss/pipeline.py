@@ -179,9 +179,6 @@ def run_pipeline(cfg: Config, *, _stack: tuple[str, ...] = ()) -> dict:
     recipe = getattr(method_cls, "recipe", "single")
     if recipe != "single":
         return _load_recipe(recipe)(cfg)
-    legacy = getattr(method_cls, "run_pipeline", None)
-    if legacy is not None:  # transition: a method still driving its own stages (GSLM before wsss.recipes)
-        return legacy(cfg)
     run = Path(cfg.output_dir)
     if not is_worker_rank():
         run.mkdir(parents=True, exist_ok=True)
