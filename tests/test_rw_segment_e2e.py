@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 CFG = str(REPO / "configs/msrc/cam.yaml")
 FAST = ["--data.limit", "8", "--trainer.max_epochs", "1", "--data.crop_size", "160", "--data.batch_size", "4",
         "--data.num_workers", "0", "--inference.scales", "[1.0]", "--refine.workers", "1",
-        "--affinity.enabled", "true", "--affinity.epochs", "1", "--random_walk.steps", "16",
+        "--affinity.enabled", "true", "--affinity.epochs", "1",
+        "--affinity.sweep_fg", "[0.3, 0.5]", "--affinity.sweep_bg", "[0.05, 0.1]", "--random_walk.steps", "16",
         "--segmentation.enabled", "true", "--segmentation.epochs", "1", "--segmentation.batch_size", "4",
         "--segmentation.crop_size", "160", "--segmentation.eval_scales", "[1.0, 0.5]"]
 
@@ -32,11 +33,13 @@ def test_affinity_and_random_walk_outputs(run_dir):
     labels = sorted((run_dir / "affinity/labels").glob("*.png"))
     assert len(labels) == 8
     meta = json.loads((run_dir / "affinity/model.json").read_text())
-    # thresholds derived from the val-chosen seed threshold (IRN's 2x and 1/3x ratios)
-    seeds = json.loads((run_dir / "metrics/seeds.json").read_text())
-    assert meta["fg_threshold"] == pytest.approx(min(0.99, 2 * seeds["threshold"]), abs=1e-4)
-    assert meta["bg_threshold"] == pytest.approx(seeds["threshold"] / 3, abs=1e-4)
+    # thresholds chosen on val: the grid pair with the best confident-label mIoU
+    sweep = json.loads((run_dir / "metrics/val_affinity_labels.json").read_text())
+    assert [r["pair"] for r in sweep["sweep"]] == [[0.3, 0.05], [0.3, 0.1], [0.5, 0.05], [0.5, 0.1]]
+    best = max(sweep["sweep"], key=lambda r: (r["miou"], r["coverage"]))
+    assert [meta["fg_threshold"], meta["bg_threshold"]] == best["pair"]
     rw = json.loads((run_dir / "metrics/pseudo_rw.json").read_text())
+    assert rw["sweep"][-1]["threshold"] == pytest.approx(0.95)  # the walk's own sweep range
     val = json.loads((run_dir / "metrics/val_pseudo_rw.json").read_text())
     assert rw["threshold"] == val["best"]["threshold"] and rw["threshold_mode"] == "fixed"
     assert rw["split"] == "train" and rw["num_images"] == 8 and 0 <= rw["miou"] <= 100

@@ -136,8 +136,11 @@ class AffinityConfig:
     """Affinity labels and the inter-pixel relation (boundary) network (IRN Sec. 3.2, train_irn.py)."""
 
     enabled: bool = False  # run the affinity + random-walk stages in `wsss pipeline`
-    fg_threshold: float | None = None  # confident fg for the affinity labels; null = 2 x the val-chosen seed threshold (IRN 0.30 = 2 x 0.15)
-    bg_threshold: float | None = None  # confident bg; null = the val-chosen seed threshold / 3 (IRN 0.05 = 0.15 / 3)
+    fg_threshold: float | None = None  # confident fg of the affinity labels (IRN conf_fg_thres 0.30); null = chosen on val (see sweep_*)
+    bg_threshold: float | None = None  # confident bg (IRN conf_bg_thres 0.05); null = chosen on val
+    sweep_fg: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8])  # grid searched on val
+    sweep_bg: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    sweep_split: str = "val"  # the pair with the best confident-label mIoU on this split is used
     radius: int = 10  # pair radius for training (IRN path_index radius 10)
     backbone: str | None = None  # null = model.backbone (IRN: ImageNet ResNet-50, not the CAM network)
     pretrained: str | None = None  # null = model.pretrained
@@ -158,6 +161,7 @@ class RandomWalkConfig:
     steps: int = 256  # IRN exp_times 8 -> 2^8 transitions
     threshold: float = 0.25  # IRN sem_seg_bg_thres; used when threshold_from is null
     threshold_from: str | None = "val"  # background threshold swept on this split, applied unchanged
+    sweep: list[float] = field(default_factory=lambda: [0.0, 0.95, 0.01])  # start, stop (inclusive), step
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
 
 
