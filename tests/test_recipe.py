@@ -174,3 +174,12 @@ def test_bn_mode_survives_a_lightning_fit(bn_mode, frozen_stats):
     assert (int(bn.num_batches_tracked) == 0) == frozen_stats
     assert torch.equal(bn.running_mean, before) == frozen_stats
     assert bn.weight.requires_grad == (bn_mode == "trainable")
+
+
+def test_a_nan_loss_stops_training_with_one_line():
+    from wsss.methods.base import TrainingDiverged, check_finite
+
+    check_finite(torch.tensor(0.5), 3)
+    with pytest.raises(TrainingDiverged, match="diverged at step 7: loss nan"):
+        check_finite(torch.tensor(float("nan")), 7)
+    assert issubclass(TrainingDiverged, ValueError)  # printed as 'wsss: error: ...' by the CLI

@@ -25,7 +25,7 @@ from torch import nn
 from wsss.backbones import Backbone
 from wsss.config import Config, ConfigError, ModelConfig
 
-__all__ = ["CAMNet", "WSSSModule", "multilabel_loss", "build_backbone", "build_cam_net", "init_classifier", "method_params", "poly_lambda"]
+__all__ = ["CAMNet", "WSSSModule", "multilabel_loss", "build_backbone", "build_cam_net", "init_classifier", "method_params", "poly_lambda", "check_finite", "TrainingDiverged"]
 
 
 def build_backbone(cfg: ModelConfig) -> Backbone:
@@ -79,6 +79,21 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
         targets: (B, C) in [0, 1] (multi-hot, or smoothed labels).
     """
     return F.multilabel_soft_margin_loss(logits, targets)
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite (a one-line error for the CLI)."""
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    """Stop a training whose loss is NaN/inf instead of writing NaN CAMs.
+
+    Raises:
+        TrainingDiverged: ``training diverged at step N: loss nan; lower optim.lr or change model.bn_mode``.
+    """
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise TrainingDiverged(f"training diverged at step {step}: loss {float(loss.detach().float().mean())}; "
+                               "lower optim.lr or change model.bn_mode")
 
 
 def poly_lambda(total_steps: int, power: float = 0.9):
@@ -194,6 +209,7 @@ class WSSSModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, logs = self.compute_loss(batch)
+        check_finite(loss, self.global_step)
         bs = batch["image"].shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         for k, v in logs.items():
