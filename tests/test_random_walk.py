@@ -76,7 +76,7 @@ def test_sparse_walk_equals_irn_dense_walk(radius, beta):
     sparse = random_walk(cams, b, radius=radius, beta=beta, steps=256)
     dense = dense_random_walk(cams, b, radius=radius, beta=beta, exp_times=8)
     assert float(dense.abs().max()) > 0.1
-    assert torch.allclose(sparse, dense, atol=1e-4)  # issue 10: equal to 1e-4
+    assert torch.allclose(sparse, dense, atol=1e-5)  # issue 10 asks for 1e-4; float64 accumulation gives 1e-6
 
 
 def test_walk_does_not_cross_a_closed_boundary():
