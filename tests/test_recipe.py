@@ -113,7 +113,7 @@ def test_torch_default_matches_a_fresh_conv2d():
 
 def test_feature_layer_last_stage_uses_the_320_channel_block_output():
     cfg = load_config("configs/msrc/cam.yaml", {"model.pretrained": "none"})
-    head = build_cam_net(cfg.model, 16)
+    head = build_cam_net(cfg.model, 16, feature_layer="head")
     last = build_cam_net(cfg.model, 16, feature_layer="last_stage")
     assert head.classifier.in_channels == 1280 and last.classifier.in_channels == 320
     # the pruned head leaves no unused parameter behind (DDP would complain about it)
