@@ -810,6 +810,7 @@ def stage_affinity(cfg: Config) -> dict | None:
 
     from wsss.affinity.module import BoundaryModule
     from wsss.data.datasets import ClassificationDataset, worker_init_fn
+    from wsss.data.extras import LabelDirSource
     from wsss.data.transforms import TrainTransform, normalization_stats
     from wsss.evaluation.seeds import evaluate_masks
     from wsss.io import atomic_write_bytes
@@ -846,7 +847,8 @@ def stage_affinity(cfg: Config) -> dict | None:
     mean, std = normalization_stats(cfg.model.normalization)
     transform = TrainTransform(crop_size=d.crop_size, resize_long=tuple(d.resize_long), hflip=d.hflip, color_jitter=None,
                                mean=mean, std=std)
-    ds = _AffinityLabelDataset(ClassificationDataset(_train_split_layout(cfg, labels_dir), transform, with_mask=True))
+    ds = ClassificationDataset(layout_for(cfg, d.train_split), transform,
+                               extras={"affinity_label": LabelDirSource(labels_dir)})
     bs = int(a.batch_size or d.batch_size)
     loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, num_workers=d.num_workers,
                                          drop_last=len(ds) >= 2 * bs, persistent_workers=d.num_workers > 0,
@@ -870,22 +872,6 @@ def stage_affinity(cfg: Config) -> dict | None:
     _timing(cfg, "affinity", time.time() - t0)
     _close_stage(cfg, fp)
     return meta
-
-
-class _AffinityLabelDataset(torch.utils.data.Dataset):
-    """A :class:`ClassificationDataset` over a layout whose masks are affinity labels: renames
-    ``mask`` to ``affinity_label`` (what :class:`BoundaryModule` reads)."""
-
-    def __init__(self, ds) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> dict:
-        item = dict(self.ds[i])
-        item["affinity_label"] = item.pop("mask")
-        return item
 
 
 def load_boundary_net(cfg: Config):
