@@ -341,3 +341,56 @@ def test_model_classes_that_differ_from_the_dataset_stop_with_one_line(run_dir, 
                               f"classes {layout.class_names}")
     write_json(run / "model.json", meta)
     assert load_generator(cfg, layout=layout).classifier.weight.shape[0] == 16
+
+
+# ---------------------------------------------------------------------------------------
+# a method that makes its own extra inputs (extra_sources hook; CPN's superpixels)
+# ---------------------------------------------------------------------------------------
+
+
+class _ConstantSource:
+    """An extra input: a constant map per image (records which ids were asked for)."""
+
+    name = "const"
+    pad_value = 255
+
+    def __init__(self, layout, value: int) -> None:
+        self.layout, self.value = layout, value
+
+    def load(self, image_id: str):
+        import numpy as np
+
+        h, w = self.layout.image(image_id).shape[:2]
+        return np.full((h, w), self.value, dtype=np.int32)
+
+    def fingerprint(self) -> str:
+        return f"const:{self.value}"
+
+
+class SelfExtras(WSSSModule):
+    """CAM baseline that also demands ``batch['const']`` and makes it itself."""
+
+    extra_inputs = ("const",)
+    seen: list = []
+
+    @classmethod
+    def extra_sources(cls, cfg, layout, run_dir):
+        return {"const": _ConstantSource(layout, 7)}
+
+    def compute_loss(self, batch):
+        SelfExtras.seen.append(sorted(set(batch["const"].unique().tolist())))
+        return super().compute_loss(batch)
+
+
+def test_method_made_extras_reach_the_batch_and_the_fingerprint(tiny, tmp_path):
+    register("self_extras", f"{__name__}:SelfExtras")
+    try:
+        SelfExtras.seen.clear()
+        cfg = load_config(CFG, {**tiny, "method": {"name": "self_extras"}, "output_dir": str(tmp_path / "run")})
+        stage_train(cfg)
+        # every batch carried the map through the joint augmentation (crop padding = 255)
+        assert SelfExtras.seen and all(set(v) <= {7, 255} and 7 in v for v in SelfExtras.seen)
+        fp = read_json(tmp_path / "run" / "fingerprints" / "train.json")
+        assert "const:7" in json.dumps(fp)
+    finally:
+        METHODS.pop("self_extras", None)

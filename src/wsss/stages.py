@@ -474,6 +474,30 @@ def _train_inputs(cfg: Config, extras: Mapping[str, Any] | None, init_weights: s
     return out
 
 
+def method_extras(cfg: Config, extras: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The recipe's ``extras`` plus the extra inputs the method makes for itself from the images.
+
+    A method class may define ``extra_sources(cfg, layout, run_dir) -> {name: ExtraSource}``
+    (a classmethod building sources of :mod:`wsss.data`, e.g. CPN's cached SLIC superpixels);
+    the frame calls it on rank 0 first (so that a source can prepare a cache once) and then on
+    the other ranks. Names the recipe passes win over the method's own. Methods without the hook
+    get ``extras`` unchanged.
+    """
+    from wsss.methods import get_method
+
+    hook = getattr(get_method(cfg.method_name), "extra_sources", None)
+    if hook is None:
+        return extras
+    layout = layout_for(cfg, cfg.data.train_split)
+    own: dict[str, Any] = {}
+    if not is_worker_rank():
+        own = dict(hook(cfg, layout, Path(cfg.output_dir)))
+    barrier()
+    if is_worker_rank():
+        own = dict(hook(cfg, layout, Path(cfg.output_dir)))
+    return {**own, **dict(extras or {})}
+
+
 def stage_train(cfg: Config, *, extras: Mapping[str, Any] | None = None, init_weights: str | Path | None = None,
                 inputs: Mapping[str, Any] | None = None) -> Path:
     """Train the configured method into ``cfg.output_dir`` (see :func:`wsss.training.train`),
@@ -500,6 +524,7 @@ def stage_train(cfg: Config, *, extras: Mapping[str, Any] | None = None, init_we
 
     run = Path(cfg.output_dir)
     weights, meta = model_paths(run)
+    extras = method_extras(cfg, extras)
     skip, fp = _open_stage(cfg, "train", inputs=_train_inputs(cfg, extras, init_weights, inputs), required=[weights, meta])
     if skip:
         print(f"[train] {weights}: the train fingerprint matches the config; skipping training")
