@@ -5,6 +5,8 @@
     wsss train | infer | evaluate | refine | report   (same options; one stage each)
     wsss config --config X [--any.dotted.key VALUE]   (print the resolved config as YAML)
     wsss data download --dataset voc12|sbd --dest DIR
+    wsss data coco --instances J --images DIR --dest DIR --split S   (COCO -> VOC layout)
+    wsss data to-coco --root DIR --split S --output J                (VOC layout -> COCO JSON)
 
 ``--overwrite`` (every stage command) sets ``overwrite: true``: stages recompute outputs whose
 run fingerprint changed instead of stopping.
@@ -63,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--dataset", choices=["voc12", "sbd"], required=True)
     dl.add_argument("--dest", required=True, help="folder to unpack into")
     dl.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a download fails (default 60)")
+    dc = dsub.add_parser("coco", help="convert a COCO instances JSON (e.g. instances_train2014.json) to a VOC-layout folder")
+    dc.add_argument("--instances", required=True, help="COCO instances JSON")
+    dc.add_argument("--images", required=True, help="folder of the images named by file_name (e.g. train2014/)")
+    dc.add_argument("--dest", required=True, help="VOC-layout folder to write (several splits may share it)")
+    dc.add_argument("--split", required=True, help="split name to write, e.g. train or val")
+    dc.add_argument("--overlap", choices=["ignore", "larger_first"], default="ignore",
+                    help="pixels of instances of different classes: 255 (default) or the smaller instance wins")
+    dc.add_argument("--limit", type=int, default=None, help="first N images only (by COCO image id)")
+    tc = dsub.add_parser("to-coco", help="write a COCO instances JSON for a VOC-layout split with masks")
+    tc.add_argument("--root", required=True, help="VOC-layout dataset folder")
+    tc.add_argument("--split", required=True)
+    tc.add_argument("--output", required=True, help="JSON file to write")
+    tc.add_argument("--limit", type=int, default=None, help="first N ids of the split only")
     return p
 
 
@@ -82,6 +97,19 @@ def _run(argv: list[str]) -> int:
     if args.command == "data":
         if rest:
             raise ValueError(f"command line: unexpected argument(s) {rest}")
+        if args.data_command == "coco":
+            from wsss.data.coco import coco_to_voc_layout
+
+            dest = coco_to_voc_layout(args.instances, args.images, args.dest, args.split, overlap=args.overlap, limit=args.limit)
+            print(f"[data] {dest}: split {args.split!r} written (VOC layout)")
+            return 0
+        if args.data_command == "to-coco":
+            from wsss.data.coco import voc_to_coco
+            from wsss.data.voc import VOCLayout
+
+            data = voc_to_coco(VOCLayout(args.root, args.split, limit=args.limit), args.output)
+            print(f"[data] {args.output}: {len(data['images'])} images, {len(data['annotations'])} annotations")
+            return 0
         from wsss.data.download import main_download
 
         main_download(args.dataset, args.dest, timeout=args.timeout)

@@ -30,7 +30,7 @@ import numpy as np
 from wsss.data.voc import class_file_stem
 from wsss.io import MAX_IMAGE_PIXELS, atomic_write, image_id_problem, read_json, save_palette_png
 
-__all__ = ["coco_to_voc_layout"]
+__all__ = ["coco_to_voc_layout", "voc_to_coco"]
 
 _OVERLAP = ("ignore", "larger_first")
 
@@ -241,3 +241,51 @@ def _decode(mask_utils, ann: dict, h: int, w: int, src: Path) -> np.ndarray:
     if m.shape != (h, w):
         raise ValueError(f"{src}: annotation {ann.get('id')} decodes to {m.shape}, image is {(h, w)}")
     return m
+
+
+def voc_to_coco(layout, out_json: str | os.PathLike, *, image_root: str | os.PathLike | None = None) -> dict:
+    """Write a COCO instances JSON for a VOC-layout split that has masks (the reverse of
+    :func:`coco_to_voc_layout`; used to run wsss's COCO path on real images, e.g. MSRC).
+
+    One annotation per (image, class present in the mask): the class region as a compressed
+    RLE (pycocotools), ``iscrowd`` 0, ``area`` and ``bbox`` from the mask. Background (0) and void
+    (255) become no annotation, so converting back gives the mask with void -> background.
+    Category ids are 1..C in ``layout.class_names[1:]`` order; images with no object class get no
+    annotation (``coco_to_voc_layout(skip_empty=True)`` leaves them out again).
+
+    Args:
+        layout: a :class:`wsss.data.voc.VOCLayout` split with masks.
+        out_json: the JSON file to write (atomically).
+        image_root: ``file_name`` is the image path relative to this folder (default: the
+            layout's image folder, so ``file_name`` is the bare file name).
+
+    Returns:
+        the written COCO object (``images``, ``annotations``, ``categories``).
+
+    Raises:
+        ImportError: pycocotools missing. ValueError: the split has no masks.
+    """
+    import json
+
+    mask_utils = _import_pycocotools()
+    if not layout.has_masks:
+        raise ValueError(f"{layout.root}: split {layout.split!r} has no masks to convert")
+    cats = [{"id": c, "name": str(n), "supercategory": "object"} for c, n in enumerate(layout.class_names[1:], start=1)]
+    images, anns = [], []
+    for k, image_id in enumerate(layout.ids, start=1):
+        path = Path(layout.image_path(image_id))
+        mask = layout.mask(image_id)
+        h, w = mask.shape
+        name = os.path.relpath(path, image_root) if image_root is not None else path.name
+        images.append({"id": k, "file_name": name, "height": int(h), "width": int(w)})
+        for c in sorted(int(v) for v in np.unique(mask) if 0 < v < 255):
+            region = np.asfortranarray((mask == c).astype(np.uint8))
+            rle = mask_utils.encode(region)
+            rle["counts"] = rle["counts"].decode("ascii")
+            x, y, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
+            anns.append({"id": len(anns) + 1, "image_id": k, "category_id": c, "segmentation": rle,
+                         "area": float(mask_utils.area(rle)), "bbox": [x, y, bw, bh], "iscrowd": 0})
+    data = {"images": images, "annotations": anns, "categories": cats}
+    with atomic_write(Path(out_json), "w") as fh:
+        json.dump(data, fh)
+    return data
