@@ -69,6 +69,7 @@ def test_stage_keys_are_cumulative_and_leave_out_how_a_run_executes():
         assert k not in train, k
     assert set(train) < set(infer) < set(evaluate) < set(refine) < set(report)
     assert infer["inference.scales"] == [1.0, 0.5, 1.5, 2.0] and "inference.channels_last" not in infer
+    assert "model.channels_last" not in train and "model.bn_mode" in train
     assert evaluate["data.eval_split"] == "train" and evaluate["evaluation.threshold_from"] == "val"
     assert "refine.workers" not in refine and refine["refine.fg_threshold"] == 0.30
     assert report["report.num_samples"] == 8 and not any(k.startswith(("output_dir", "source")) for k in report)
@@ -394,3 +395,18 @@ def test_method_made_extras_reach_the_batch_and_the_fingerprint(tiny, tmp_path):
         assert "const:7" in json.dumps(fp)
     finally:
         METHODS.pop("self_extras", None)
+
+
+def test_channels_last_callback_converts_module_and_image_batch():
+    from wsss.training import ChannelsLast
+
+    net = torch.nn.Conv2d(3, 4, 3)
+    batch = {"image": torch.randn(2, 3, 8, 8), "label": torch.ones(2, 5), "mask": torch.zeros(2, 8, 8, dtype=torch.long)}
+    cb = ChannelsLast()
+    cb.on_fit_start(None, net)
+    cb.on_train_batch_start(None, net, batch, 0)
+    assert net.weight.is_contiguous(memory_format=torch.channels_last) and not net.weight.is_contiguous()
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last) and not batch["image"].is_contiguous()
+    assert batch["mask"].is_contiguous() and batch["label"].is_contiguous()  # only float 4-D tensors change
+    ref = torch.nn.functional.conv2d(batch["image"].contiguous(), net.weight.contiguous(), net.bias)
+    assert torch.allclose(net(batch["image"]), ref, atol=1e-5)  # same math up to rounding

