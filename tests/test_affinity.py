@@ -120,3 +120,25 @@ def test_boundary_module_one_step_lowers_the_loss():
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < losses[0]
+
+
+def test_pair_counts_and_f1_hand_computed():
+    from wsss.affinity.model import pair_counts, pair_f1
+
+    # radius 2 on a 1 x 5 map: only horizontal neighbours (0, 1) pair up
+    gt = torch.tensor([[[1, 1, 0, 0, 255]]])
+    labels = torch.tensor([[[1, 1, 0, 255, 0]]])
+    c = pair_counts(labels, gt, radius=2)
+    # (0,1): labelled fg-positive, truly positive; (1,2): labelled negative, truly negative;
+    # (2,3): unsure label, truly positive (a missed positive); (3,4): void in gt -> not scored
+    assert c == {"tp_pos": 1, "n_pos_pred": 1, "n_pos_true": 2, "tp_neg": 1, "n_neg_pred": 1, "n_neg_true": 1}
+    f = pair_f1(c)
+    assert f["f1_pos"] == pytest.approx(200 / 3) and f["f1_neg"] == pytest.approx(100.0)
+    assert f["f1"] == pytest.approx((200 / 3 + 100) / 2)
+    assert f["precision_pos"] == pytest.approx(100.0) and f["recall_pos"] == pytest.approx(50.0)
+    # a wrong negative: labels say 1 | 0 where the truth is one object
+    c2 = pair_counts(torch.tensor([[[1, 0]]]), torch.tensor([[[1, 1]]]), radius=2)
+    assert c2 == {"tp_pos": 0, "n_pos_pred": 0, "n_pos_true": 1, "tp_neg": 0, "n_neg_pred": 1, "n_neg_true": 0}
+    assert pair_f1(c2)["f1"] == 0.0
+    with pytest.raises(ValueError, match="shapes"):
+        pair_counts(labels, gt[..., :4], radius=2)

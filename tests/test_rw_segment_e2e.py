@@ -33,10 +33,13 @@ def test_affinity_and_random_walk_outputs(run_dir):
     labels = sorted((run_dir / "affinity/labels").glob("*.png"))
     assert len(labels) == 8
     meta = json.loads((run_dir / "affinity/model.json").read_text())
-    # thresholds chosen on val: the grid pair with the best confident-label mIoU
+    # thresholds chosen on val: the grid pair with the best pair F1 (affinity.criterion default)
     sweep = json.loads((run_dir / "metrics/val_affinity_labels.json").read_text())
     assert [r["pair"] for r in sweep["sweep"]] == [[0.3, 0.05], [0.3, 0.1], [0.5, 0.05], [0.5, 0.1]]
-    best = max(sweep["sweep"], key=lambda r: (r["miou"], r["coverage"]))
+    for r in sweep["sweep"]:
+        s = r["pair_scores"]
+        assert r["pair_f1"] == pytest.approx((s["f1_pos"] + s["f1_neg"]) / 2) and 0 <= r["pair_f1"] <= 100
+    best = max(sweep["sweep"], key=lambda r: (r["pair_f1"], r["coverage"]))
     assert [meta["fg_threshold"], meta["bg_threshold"]] == best["pair"]
     rw = json.loads((run_dir / "metrics/pseudo_rw.json").read_text())
     assert rw["sweep"][-1]["threshold"] == pytest.approx(0.95)  # the walk's own sweep range

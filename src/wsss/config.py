@@ -141,7 +141,8 @@ class AffinityConfig:
     bg_threshold: float | None = None  # confident bg (IRN conf_bg_thres 0.05); null = chosen on val
     sweep_fg: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8])  # grid searched on val
     sweep_bg: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
-    sweep_split: str = "val"  # the pair with the best confident-label mIoU on this split is used
+    sweep_split: str = "val"  # the best pair on this split (by `criterion`) is used
+    criterion: str = "pair_f1"  # pair_f1 (mean F1 of positive / negative pairs vs the true pairs) | label_miou
     radius: int = 10  # pair radius for training (IRN path_index radius 10)
     backbone: str | None = None  # null = model.backbone (IRN: ImageNet ResNet-50, not the CAM network)
     pretrained: str | None = None  # null = model.pretrained

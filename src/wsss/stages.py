@@ -766,19 +766,37 @@ def affinity_thresholds(cfg: Config) -> tuple[float, float, str]:
     """(confident fg, confident bg, source) for the affinity labels.
 
     ``affinity.fg_threshold`` / ``bg_threshold`` when both are set (IRN: 0.30 / 0.05). Otherwise
-    the pair of the grid ``affinity.sweep_fg`` x ``sweep_bg`` (bg < fg) whose confident labels
-    have the best mIoU on ``affinity.sweep_split`` (val), measured on the labelled pixels; the
-    sweep is written to ``metrics/<split>_affinity_labels.json`` and reused. IRN's constants
-    suit a CAM whose best seed threshold is ~0.15: with one at 0.47 they label 68 % of val's
-    pixels at 48.6 mIoU, while 0.7 / 0.2 labels 48 % at 75.9 (MSRC, 2026-11-23).
+    the pair of the grid ``affinity.sweep_fg`` x ``sweep_bg`` (bg < fg) that is best on
+    ``affinity.sweep_split`` (val) by ``affinity.criterion``:
+
+    - ``label_miou``: mIoU of the confident labels on the pixels they label (ties: coverage).
+      It prefers tiny coverage: on MSRC it picked 0.7 / 0.05 (31 % of val's pixels), whose
+      labels hold few negative pairs, and the boundary network trained on them was weak.
+    - ``pair_f1``: mean F1 of the positive and the negative *pairs* the labels give at the
+      training radius on the stride-4 grid, against the true pairs
+      (:func:`wsss.affinity.model.pair_counts`): what the boundary network actually learns
+      from, so it weighs correctness and coverage of both kinds of pairs.
+
+    Every pair's label mIoU, coverage and pair scores are written to
+    ``metrics/<split>_affinity_labels.json`` and reused. IRN's constants suit a CAM whose best
+    seed threshold is ~0.15: with one at 0.47 they label 68 % of val's pixels at 48.6 mIoU, while
+    0.7 / 0.2 labels 48 % at 75.9 (MSRC, 2026-11-23).
+
+    Raises:
+        ConfigError: empty grid or unknown criterion.
     """
+    from wsss.affinity.model import pair_counts, pair_f1
     from wsss.evaluation.seeds import evaluate_masks
+    from wsss.io import read_index_png
     from wsss.refine.crf import CRFParams
     from wsss.refine.pseudo import make_pseudo_masks
 
     a = cfg.affinity
     if a.fg_threshold is not None and a.bg_threshold is not None:
         return float(a.fg_threshold), float(a.bg_threshold), "config"
+    criteria = ("label_miou", "pair_f1")
+    if a.criterion not in criteria:
+        raise ConfigError(f"{cfg.source or 'config'}: affinity.criterion must be one of {list(criteria)}, got {a.criterion!r}")
     run = Path(cfg.output_dir)
     path = run / "metrics" / f"{a.sweep_split}_affinity_labels.json"
     grid = [(float(f), float(b)) for f in (a.sweep_fg if a.fg_threshold is None else [a.fg_threshold])
@@ -786,26 +804,42 @@ def affinity_thresholds(cfg: Config) -> tuple[float, float, str]:
     if not grid:
         raise ConfigError(f"{cfg.source or 'config'}: affinity: no (fg, bg) pair with bg < fg in the sweep grid")
     rec = read_json(path) if path.is_file() else None
-    if rec is None or [tuple(r["pair"]) for r in rec["sweep"]] != grid:
+    if (rec is None or [tuple(r["pair"]) for r in rec["sweep"]] != grid or rec.get("radius") != a.radius
+            or any("pair_f1" not in r for r in rec["sweep"])):
         layout = layout_for(cfg, a.sweep_split)
         params = CRFParams.from_dict(cfg.refine.crf)
         rows = []
         tmp = run / "affinity" / "sweep_tmp"
+        gts = {i: torch.from_numpy(layout.mask(i)[::4, ::4].astype(np.int64))[None] for i in layout.ids}
         for fg, bg in grid:
             shutil.rmtree(tmp, ignore_errors=True)
             make_pseudo_masks(layout, run / "cams", tmp, kind="confident", fg_threshold=fg, bg_threshold=bg,
                               params=params, workers=cfg.refine.workers, progress=False)
             r = evaluate_masks(layout, tmp, progress=False)
+            counts: dict[str, int] = {}
+            for i, gt in gts.items():
+                lab = torch.from_numpy(read_index_png(tmp / f"{i}.png")[::4, ::4].astype(np.int64))[None]
+                for k, v in pair_counts(lab, gt, a.radius).items():
+                    counts[k] = counts.get(k, 0) + v
+            pf = pair_f1(counts)
             rows.append({"pair": [fg, bg], "miou": r["miou"], "coverage": r["coverage"], "precision": r["precision"],
-                         "recall": r["recall"]})
+                         "recall": r["recall"], "pair_f1": pf["f1"], "pair_scores": pf, "pair_counts": counts})
             print(f"[affinity] {a.sweep_split} confident labels fg >= {fg:.2f}, bg < {bg:.2f}: mIoU {r['miou']:.1f} "
-                  f"on {r['coverage']:.1f}% of pixels")
+                  f"on {r['coverage']:.1f}% of pixels; pair F1 pos {pf['f1_pos']:.1f} / neg {pf['f1_neg']:.1f}")
         shutil.rmtree(tmp, ignore_errors=True)
-        rec = {"split": a.sweep_split, "criterion": "confident-label mIoU on labelled pixels", "sweep": rows}
+        rec = {"split": a.sweep_split, "radius": a.radius,
+               "criteria": {"label_miou": "confident-label mIoU on labelled pixels",
+                            "pair_f1": "mean F1 of positive and negative pairs vs the true pairs (stride 4, training radius)"},
+               "sweep": rows}
         write_json(path, rec)
-    best = max(rec["sweep"], key=lambda r: (r["miou"], r["coverage"]))
+    if a.criterion == "pair_f1":
+        best = max(rec["sweep"], key=lambda r: (r["pair_f1"], r["coverage"]))
+        what = f"best pair F1 on {a.sweep_split} ({best['pair_f1']:.1f}; labels {best['miou']:.1f} mIoU on {best['coverage']:.1f}% of pixels)"
+    else:
+        best = max(rec["sweep"], key=lambda r: (r["miou"], r["coverage"]))
+        what = f"best confident-label mIoU on {a.sweep_split} ({best['miou']:.1f} on {best['coverage']:.1f}% of pixels)"
     fg, bg = best["pair"]
-    return fg, bg, f"best confident-label mIoU on {a.sweep_split} ({best['miou']:.1f} on {best['coverage']:.1f}% of pixels)"
+    return fg, bg, what
 
 
 def _train_split_layout(cfg: Config, mask_dir: Path) -> VOCLayout:

@@ -25,7 +25,7 @@ from torch import nn
 from wsss.backbones import Backbone
 from wsss.refine.random_walk import path_affinity, search_offsets
 
-__all__ = ["BoundaryNet", "pair_labels", "affinity_loss"]
+__all__ = ["BoundaryNet", "pair_labels", "affinity_loss", "pair_counts", "pair_f1"]
 
 
 class BoundaryNet(nn.Module):
@@ -136,3 +136,47 @@ def affinity_loss(boundary: torch.Tensor, labels: torch.Tensor, radius: int = 10
     parts = {"bg_pos": bg.detach(), "fg_pos": fg.detach(), "neg": ng.detach(),
              "n_bg_pos": bg_pos.sum().detach(), "n_fg_pos": fg_pos.sum().detach(), "n_neg": neg.sum().detach()}
     return loss, parts
+
+
+def pair_counts(labels: torch.Tensor, gt: torch.Tensor, radius: int) -> dict[str, int]:
+    """Confusion counts of the pair labels a confident label map gives against the true pairs.
+
+    A true pair has both ends non-void in ``gt``: positive when the two true labels are equal,
+    negative otherwise. A labelled pair is one of :func:`pair_labels` (positive = bg_pos or
+    fg_pos, negative = neg); only labelled pairs whose true pair exists are scored.
+
+    Args:
+        labels: (B, h, w) int64 confident labels on the affinity grid (255 = unsure).
+        gt: (B, h, w) int64 true labels on the same grid (255 = void).
+        radius: pair radius (IRN training: 10).
+
+    Returns:
+        ``{"tp_pos", "n_pos_pred", "n_pos_true", "tp_neg", "n_neg_pred", "n_neg_true"}`` (ints):
+        true-positive, labelled and true counts of positive and of negative pairs.
+    """
+    if labels.shape != gt.shape or labels.dim() != 3:
+        raise ValueError(f"labels {tuple(labels.shape)} and gt {tuple(gt.shape)} must be equal (B, h, w) shapes")
+    bg_pos, fg_pos, neg = pair_labels(labels, radius)
+    t_bg, t_fg, t_neg = pair_labels(gt, radius)
+    t_pos = (t_bg + t_fg) > 0
+    t_neg = t_neg > 0
+    t_any = t_pos | t_neg
+    p_pos = ((bg_pos + fg_pos) > 0) & t_any
+    p_neg = (neg > 0) & t_any
+    return {"tp_pos": int((p_pos & t_pos).sum()), "n_pos_pred": int(p_pos.sum()), "n_pos_true": int(t_pos.sum()),
+            "tp_neg": int((p_neg & t_neg).sum()), "n_neg_pred": int(p_neg.sum()), "n_neg_true": int(t_neg.sum())}
+
+
+def pair_f1(counts: dict[str, int]) -> dict[str, float]:
+    """F1 of the positive and of the negative pair labels from (summed) :func:`pair_counts`,
+    and their mean ``f1`` (the criterion of ``affinity.criterion: pair_f1``; IRN weighs the
+    positive and the negative terms of its loss equally). Each F1 in [0, 100] (percent); 0 when
+    a class of pairs is neither labelled nor true."""
+    out: dict[str, float] = {}
+    for kind in ("pos", "neg"):
+        tp, npred, ntrue = counts[f"tp_{kind}"], counts[f"n_{kind}_pred"], counts[f"n_{kind}_true"]
+        out[f"f1_{kind}"] = 200.0 * tp / (npred + ntrue) if npred + ntrue else 0.0
+        out[f"precision_{kind}"] = 100.0 * tp / npred if npred else 0.0
+        out[f"recall_{kind}"] = 100.0 * tp / ntrue if ntrue else 0.0
+    out["f1"] = (out["f1_pos"] + out["f1_neg"]) / 2
+    return out
