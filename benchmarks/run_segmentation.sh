@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Issue 11 benchmark: DeepLabV3+ (Lite0) on a CAM run's pseudo masks, and the fully supervised upper
 # bound with the same network and recipe (configs/msrc/cam.yaml, section segmentation), from a frozen code tree.
-#   bash benchmarks/run_segmentation.sh CODE_DIR WEAK_RUN_DIR GT_RUN_DIR [extra overrides...]
+#   bash benchmarks/run_segmentation.sh CODE_DIR CAM_RUN WEAK_RUN_DIR GT_RUN_DIR [extra overrides...]
+# CAM_RUN's pseudo masks (pseudo/, metrics/pseudo.json) are hard-linked into WEAK_RUN_DIR, so the
+# segmentation run has a directory of its own whatever stages CAM_RUN holds.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-code="$1"; weak="$2"; gt="$3"; shift 3
+code="$1"; cam="$2"; weak="$3"; gt="$4"; shift 4
+mkdir -p "$weak/metrics"
+[[ -d "$weak/pseudo" ]] || cp -al "$cam/pseudo" "$weak/pseudo"
+[[ -f "$weak/metrics/pseudo.json" ]] || cp "$cam/metrics/pseudo.json" "$weak/metrics/pseudo.json"
 mkdir -p "$repo/benchmarks/logs/segmentation"
 run() {
   local name="$1"; shift
