@@ -9,7 +9,12 @@ code="$1"; method="$2"; seed="$3"; cam="$4"; shift 4
 out="$repo/runs/msrc/$method@s$seed"
 mkdir -p "$repo/benchmarks/logs/methods" "$out/requires"
 for dep in oc seed; do  # the dependency names the MSRC configs use for the CAM baseline
-  if [[ ! -e "$out/requires/$dep" ]]; then cp -al "$cam" "$out/requires/$dep"; fi
+  if [[ ! -e "$out/requires/$dep" ]]; then
+    cp -al "$cam" "$out/requires/$dep"
+    # CAM runs made before wsss wrote fingerprints: record them after checking config.json key by key
+    (cd "$code" && PYTHONPATH="$code/src" "$repo/.venv/bin/python" "$repo/benchmarks/scripts/adopt_run.py" "$out/requires/$dep" \
+       --config configs/msrc/cam.yaml --seed "$seed" --legacy-bn-mode batch_stats) || echo "   (adopt failed: the dependency will be recomputed or refused)"
+  fi
 done
 log="$repo/benchmarks/logs/methods/$method@s$seed.log"
 echo "== $method seed $seed ($(date -u +%H:%M:%S))"
