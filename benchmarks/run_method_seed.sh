@@ -5,7 +5,7 @@
 # Output: runs/msrc/<METHOD>@s<SEED> (seed 0: runs/msrc/<METHOD>@s0), log benchmarks/logs/methods/<METHOD>@s<SEED>.log
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-code="$1"; method="$2"; seed="$3"; cam="$4"; shift 4
+code="$1"; method="$2"; seed="$3"; cam="$(realpath -m "$4")"; shift 4
 out="$repo/runs/msrc/$method@s$seed"
 mkdir -p "$repo/benchmarks/logs/methods" "$out/requires"
 for dep in oc seed; do  # the dependency names the MSRC configs use for the CAM baseline

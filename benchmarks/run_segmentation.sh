@@ -6,7 +6,7 @@
 # segmentation run has a directory of its own whatever stages CAM_RUN holds.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-code="$1"; cam="$2"; weak="$3"; gt="$4"; shift 4
+code="$1"; cam="$(realpath -m "$2")"; weak="$(realpath -m "$3")"; gt="$(realpath -m "$4")"; shift 4
 mkdir -p "$weak/metrics"
 [[ -d "$weak/pseudo" ]] || cp -al "$cam/pseudo" "$weak/pseudo"
 [[ -f "$weak/metrics/pseudo.json" ]] || cp "$cam/metrics/pseudo.json" "$weak/metrics/pseudo.json"
