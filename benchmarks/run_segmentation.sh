@@ -20,5 +20,10 @@ run() {
   echo "   done in $(( $(date +%s) - s )) s"
   grep -E '^\[segment' "$repo/benchmarks/logs/segmentation/$name.log" || true
 }
-run weak --output_dir "$weak" "$@"
-run gt --output_dir "$gt" --segmentation.source gt --segmentation.eval_splits '[val]' "$@"
+# SEG_RUNS="weak gt" (default) or one of them
+for which in ${SEG_RUNS:-weak gt}; do
+  case "$which" in
+    weak) run weak --output_dir "$weak" "$@" ;;
+    gt) run gt --output_dir "$gt" --segmentation.source gt --segmentation.eval_splits '[val]' "$@" ;;
+  esac
+done
