@@ -23,7 +23,7 @@ run() {
 # SEG_RUNS="weak gt" (default) or one of them
 for which in ${SEG_RUNS:-weak gt}; do
   case "$which" in
-    weak) run weak --output_dir "$weak" "$@" ;;
-    gt) run gt --output_dir "$gt" --segmentation.source gt --segmentation.eval_splits '[val]' "$@" ;;
+    weak) run "$(basename "$weak")" --output_dir "$weak" "$@" ;;
+    gt) run "$(basename "$gt")" --output_dir "$gt" --segmentation.source gt --segmentation.eval_splits '[val]' "$@" ;;
   esac
 done
