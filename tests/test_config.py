@@ -249,7 +249,7 @@ def test_shipped_values(monkeypatch):
     assert load_config("configs/msrc/gslm.yaml").requires == {"seed": "configs/msrc/cam.yaml"}
     gslm_poc = load_config("configs/msrc/gslm_poc.yaml")
     assert gslm_poc.requires == {"seed": "configs/msrc/poc.yaml"} and gslm_poc.refine.confident is False
-    assert gslm_poc.method["epochs_per_round"] == 2 and gslm_poc.output_dir == "runs/msrc/gslm_poc"
+    assert gslm_poc.method["epochs_per_round"] == 5 and gslm_poc.output_dir == "runs/msrc/gslm_poc"
     assert load_config("configs/msrc/gslm_pnoc.yaml").requires == {"seed": "configs/msrc/pnoc.yaml"}
     # everything but the method, requires, output_dir (and GSLM's confident labels) equals the base
     for name in ("puzzle", "occse", "poc", "pnoc", "gslm", "gslm_poc", "gslm_pnoc"):
