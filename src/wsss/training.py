@@ -137,13 +137,19 @@ def make_trainer(cfg: Config, run_dir: Path, **overrides) -> L.Trainer:
 
 
 def check_extra_inputs(cfg: Config, extras: Mapping[str, Any] | None) -> None:
-    """The method's declared ``extra_inputs`` must all be in ``extras``.
+    """The method's declared extra inputs must all be in ``extras``.
+
+    The names come from the classmethod ``required_extras(cfg)`` when the method defines one (the
+    need depends on the config, e.g. CPN's superpixels only for ``method.patches: superpixels``),
+    else from the class attribute ``extra_inputs``.
 
     Raises:
         ConfigError (a ValueError): ``method '<name>' (<Class>) needs extra training input(s) [...] ...``.
     """
     cls = get_method(cfg.method_name)
-    missing = [n for n in getattr(cls, "extra_inputs", ()) if n not in (extras or {})]
+    hook = getattr(cls, "required_extras", None)
+    needed = tuple(hook(cfg)) if callable(hook) else tuple(getattr(cls, "extra_inputs", ()))
+    missing = [n for n in needed if n not in (extras or {})]
     if missing:
         raise ConfigError(
             f"method '{cfg.method_name}' ({cls.__name__}) needs extra training input(s) {missing} that were not "

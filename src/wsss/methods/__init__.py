@@ -21,6 +21,7 @@ METHODS: dict[str, str] = {
     "pnoc": "wsss.methods.pnoc.module:PNOCModule",
     # GSLM (general-specific learning, on top of any CAM generator)
     "gslm": "wsss.methods.gslm.module:GSLMModule",
+    "cpn": "wsss.methods.cpn.module:CPNModule",  # CPN (Zhang et al., ICCV 2021): complementary patches + PCM/PRCM
 }
 
 
