@@ -468,3 +468,21 @@ def test_coco_good_json_still_converts(tmp_path):
     coco_to_voc_layout(js, imgs, out, "train")
     lay = VOCLayout(out, "train")
     assert lay.ids == ["a"] and lay.mask("a")[2, 2] == 1 and lay.mask("a")[8, 8] == 0
+
+
+def test_atomic_write_gives_plain_file_permissions(tmp_path):
+    """Outputs written atomically get 0o666 minus the umask (mkstemp alone would give 0o600)."""
+    import os
+
+    from wsss.io import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "b.bin", b"y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "a.bin").read_bytes() == b"x" and not list(tmp_path.glob(".*.tmp"))

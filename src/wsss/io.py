@@ -55,6 +55,13 @@ class ImageTooLargeError(ValueError):
     """
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside ``path`` and move it onto ``path`` on success.
@@ -64,12 +71,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         mode: ``"wb"`` or ``"w"`` (text, UTF-8).
 
     On an exception inside the ``with`` block the temporary file is removed and ``path``
-    is left as it was (absent or with its previous content).
+    is left as it was (absent or with its previous content). The file gets the permissions a
+    plain ``open`` would give (0o666 minus the umask), not ``mkstemp``'s private 0o600, so
+    outputs stay readable by the user's group as usual.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # POSIX
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()
@@ -270,6 +281,8 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PI
         raise ImageTooLargeError(
             f"{path}: image of {what} exceeds the limit of {limit} pixels (possible decompression bomb)"
         ) from None
+    except Image.UnidentifiedImageError:
+        raise ValueError(f"{path}: unreadable image (not a format Pillow can decode)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable image ({_one_line(exc)})") from None
     with img:

@@ -214,7 +214,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except ImageTooLargeError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: cannot decode image ({_one_line(exc)})") from None
+        why = _one_line(exc)
+        why = why[len(f"{path}: "):] if why.startswith(f"{path}: ") else why  # open_image names the file already
+        why = why[len("unreadable image ("):-1] if why.startswith("unreadable image (") and why.endswith(")") else why
+        raise ValueError(f"{path}: cannot decode image ({why})") from None
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"{path}: empty image")
     return arr
