@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run the MSRC CPU recipes one after another (never in parallel: 2 cores), then gather the
-# numbers into benchmarks/results/msrc.json and benchmarks/msrc.md.
+# One seed of each MSRC CPU recipe, one after another (never in parallel: 2 cores), gathered by
+# collect.py into msrc-old-recipe.md / results/msrc-old-recipe.json (its format: one seed per row).
+# The 3-seed table benchmarks/msrc.md is made with run_method_seed.sh + scripts/msrc_table.py.
 #   bash benchmarks/run_msrc.sh            # every recipe
 #   bash benchmarks/run_msrc.sh cam poc    # some of them
 # Each run writes runs/msrc/<name>/ and resumes if interrupted; logs go to benchmarks/logs/.
@@ -16,4 +17,4 @@ for r in "${recipes[@]}"; do
   echo "   done in $(( $(date +%s) - start )) s"; grep -E '^\[(seeds|pseudo|confident)' "benchmarks/logs/$r.log" || true
 done
 .venv/bin/python benchmarks/collect.py > /dev/null
-echo "tables: benchmarks/msrc.md"
+echo "tables: benchmarks/msrc-old-recipe.md"
