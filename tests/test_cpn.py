@@ -327,6 +327,23 @@ def test_refinement_is_blocked_from_the_backbone_and_the_classifier():
     assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in (net.proj_a, net.proj_b, net.g, net.phi))
 
 
+def test_prcm_none_makes_the_refined_cam_pcm_alone():
+    """Table 2's rows before "+ PRCM": refined = Y_pcm (Eq. 9-10) and no phi parameters."""
+    from wsss.methods.cpn.model import pcm, refinement_input
+
+    with_prcm, without = _tiny_net("paper"), _tiny_net("none")
+    assert without.phi is None and sum(p.numel() for p in with_prcm.parameters()) > sum(p.numel() for p in without.parameters())
+    x = torch.randn(2, 3, 64, 64)
+    out = without.forward_all(x)
+    with torch.no_grad():
+        _, stages = without.backbone.forward_stages(x)
+        feats = without.aggregated_features(x, stages[without.pcm_stages[0]], stages[without.pcm_stages[1]], tuple(out["cams"].shape[-2:]))
+        want = pcm(refinement_input(out["cams"]), without.g(feats))
+    assert torch.allclose(out["refined"], want, atol=1e-6)
+    with pytest.raises(ValueError, match="prcm_form"):
+        _tiny_net("nothing")
+
+
 @pytest.mark.parametrize("form", ["paper", "authors"])
 def test_refinement_commutes_with_a_horizontal_flip(form):
     net = _tiny_net(form)

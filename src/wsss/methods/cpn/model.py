@@ -150,7 +150,8 @@ class CPNParams:
             ResNet-50 [-3, -2] = 512 / 1024 channels as SEAM's ResNet-50 and ResNet-38's conv4/conv5).
         prcm_form: ``"paper"`` (Eq. 11: phi applied to each region's C1 vector, ``phi(Z)`` of
             shape (K, 192)) or ``"authors"`` (``resnet38_CPN.PRCM``: the (192, K) output of f10 is
-            reshaped to (K, 192) without transposing).
+            reshaped to (K, 192) without transposing), or ``"none"``: no PRCM, the refined CAM is
+            PCM's alone (the rows of the paper's Table 2 before "+ PRCM"; ``phi`` is not built).
         inference_cam: what ``forward`` returns as CAMs: ``"refined"`` (paper Sec. 3.4: Y~_o is
             used for segmentation; authors' ``infer_cam.py``) or ``"raw"`` (the classifier CAM Y_o).
         superpixel_cache: folder for the cached SLIC maps (a relative path is relative to the working
@@ -212,7 +213,7 @@ class CPNParams:
         if (not isinstance(st, (list, tuple)) or len(st) != 2
                 or any(isinstance(s, bool) or not isinstance(s, int) for s in st)):
             raise ValueError(f"method.pcm_stages must be a list of two stage indices, got {st!r}")
-        _choice("prcm_form", self.prcm_form, PRCM_FORMS)
+        _choice("prcm_form", self.prcm_form, PRCM_FORMS + ("none",))
         _choice("inference_cam", self.inference_cam, INFERENCE_CAMS)
         if self.superpixel_cache is not None and not isinstance(self.superpixel_cache, str):
             raise ValueError(f"method.superpixel_cache must be a path or null, got {self.superpixel_cache!r}")
@@ -818,7 +819,7 @@ class CPNNet(nn.Module):
         num_classes: C foreground classes.
         classifier_init: see :func:`wsss.methods.base.init_classifier`.
         pcm_stages: two indices into ``backbone.stage_channels`` (negative from the end).
-        prcm_form: ``"paper"`` | ``"authors"`` (:func:`prcm`).
+        prcm_form: ``"paper"`` | ``"authors"`` (:func:`prcm`) | ``"none"`` (PCM only).
         inference_cam: ``"refined"`` | ``"raw"``.
 
     Raises:
@@ -832,8 +833,8 @@ class CPNNet(nn.Module):
         if len(pcm_stages) != 2 or any(not -n <= int(s) < n for s in pcm_stages):
             raise ValueError(f"method.pcm_stages must be two indices in [-{n}, {n - 1}] for backbone "
                              f"'{backbone.name}' ({n} stages, channels {backbone.stage_channels}), got {list(pcm_stages)}")
-        if prcm_form not in PRCM_FORMS:
-            raise ValueError(f"method.prcm_form must be one of {list(PRCM_FORMS)}, got {prcm_form!r}")
+        if prcm_form not in PRCM_FORMS + ("none",):
+            raise ValueError(f"method.prcm_form must be one of {list(PRCM_FORMS) + ['none']}, got {prcm_form!r}")
         if inference_cam not in INFERENCE_CAMS:
             raise ValueError(f"method.inference_cam must be one of {list(INFERENCE_CAMS)}, got {inference_cam!r}")
         self.backbone = backbone
@@ -848,11 +849,12 @@ class CPNNet(nn.Module):
         self.proj_b = nn.Conv2d(ch[self.pcm_stages[1]], PROJ_CHANNELS[1], 1, bias=False)
         c1 = 3 + sum(PROJ_CHANNELS)
         self.g = nn.Conv2d(c1, EMBED_CHANNELS, 1, bias=False)
-        self.phi = nn.Conv2d(c1, EMBED_CHANNELS, 1, bias=False)
+        self.phi = nn.Conv2d(c1, EMBED_CHANNELS, 1, bias=False) if prcm_form != "none" else None
         nn.init.kaiming_normal_(self.proj_a.weight)
         nn.init.kaiming_normal_(self.proj_b.weight)
         nn.init.xavier_uniform_(self.g.weight, gain=4)
-        nn.init.xavier_uniform_(self.phi.weight, gain=4)
+        if self.phi is not None:
+            nn.init.xavier_uniform_(self.phi.weight, gain=4)
 
     def aggregated_features(self, x: torch.Tensor, feat_a: torch.Tensor, feat_b: torch.Tensor,
                             size: tuple[int, int]) -> torch.Tensor:
@@ -866,7 +868,8 @@ class CPNNet(nn.Module):
         return torch.cat([rs(x.detach()), rs(a), rs(b)], dim=1)
 
     def refine(self, cams: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """Refined CAM ``Y~ = Y_pcm + Y_prcm`` (paper Sec. 3.3), (B, C + 1, h, w), background first.
+        """Refined CAM ``Y~ = Y_pcm + Y_prcm`` (paper Sec. 3.3; ``Y_pcm`` alone for ``prcm_form: none``),
+        (B, C + 1, h, w), background first.
 
         Args:
             cams: (B, C, h, w) raw CAMs (used without gradient).
@@ -874,6 +877,8 @@ class CPNNet(nn.Module):
         """
         cam_in = refinement_input(cams)
         y_pcm = pcm(cam_in, self.g(feats))
+        if self.prcm_form == "none":  # Table 2 rows without PRCM
+            return y_pcm
         y_prcm, _ = prcm(cam_in, feats, self.phi, self.g, self.prcm_form)
         return y_pcm + y_prcm
 
