@@ -486,3 +486,16 @@ def test_atomic_write_gives_plain_file_permissions(tmp_path):
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "a.bin").read_bytes() == b"x" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_unreadable_image_error_keeps_message_and_reason(tmp_path):
+    """open_image's error on a non-image names the file once and carries the bare reason."""
+    from wsss.io import UnreadableImageError, open_image
+
+    p = tmp_path / "x.jpg"
+    p.write_bytes(b"not an image at all")
+    with pytest.raises(UnreadableImageError) as info:
+        with open_image(p):
+            pass
+    assert str(info.value) == f"{p}: unreadable image (not a format Pillow can decode)"
+    assert info.value.reason == "not a format Pillow can decode" and isinstance(info.value, ValueError)

@@ -37,6 +37,7 @@ __all__ = [
     "read_index_png",
     "MAX_IMAGE_PIXELS",
     "ImageTooLargeError",
+    "UnreadableImageError",
     "open_image",
     "image_id_problem",
 ]
@@ -46,6 +47,18 @@ __all__ = [
 #: (``PIL.Image.MAX_IMAGE_PIXELS`` = 89,478,485, error only above twice that) would let a
 #: crafted 178 Mpx header allocate ~0.5 GB per RGB decode in every DataLoader worker.
 MAX_IMAGE_PIXELS: int = 64 * 1024 * 1024
+
+
+class UnreadableImageError(ValueError):
+    """A file that Pillow cannot open as an image (not an image, unreadable header, permission).
+
+    Message: ``<file>: unreadable image (<reason>)``; :attr:`reason` holds ``<reason>`` alone, so a
+    caller can word its own message without repeating the file name.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path}: unreadable image ({reason})")
+        self.reason = reason
 
 
 class ImageTooLargeError(ValueError):
@@ -257,8 +270,8 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PI
     Raises:
         FileNotFoundError: ``<path>: image file not found``.
         ImageTooLargeError: ``<path>: image of W x H pixels exceeds the limit of N pixels ...``.
-        ValueError: ``<path>: unreadable image (...)`` (not an image, unreadable header,
-            permission denied).
+        UnreadableImageError (a ValueError): ``<path>: unreadable image (...)`` (not an image,
+            unreadable header, permission denied).
     """
     path = Path(path)
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
@@ -282,9 +295,9 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PI
             f"{path}: image of {what} exceeds the limit of {limit} pixels (possible decompression bomb)"
         ) from None
     except Image.UnidentifiedImageError:
-        raise ValueError(f"{path}: unreadable image (not a format Pillow can decode)") from None
+        raise UnreadableImageError(path, "not a format Pillow can decode") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable image ({_one_line(exc)})") from None
+        raise UnreadableImageError(path, _one_line(exc)) from None
     with img:
         w, h = img.size
         if max_pixels is not None and w * h > max_pixels:

@@ -202,7 +202,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         ValueError: ``<path>: cannot decode image (...)``.
     """
-    from wsss.io import ImageTooLargeError, open_image
+    from wsss.io import ImageTooLargeError, UnreadableImageError, open_image
 
     path = Path(path)
     try:
@@ -213,11 +213,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             arr = np.asarray(img, dtype=np.uint8).copy()
     except ImageTooLargeError:
         raise
+    except UnreadableImageError as exc:  # open_image failed; its message already names the file
+        raise ValueError(f"{path}: cannot decode image ({exc.reason})") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        why = _one_line(exc)
-        why = why[len(f"{path}: "):] if why.startswith(f"{path}: ") else why  # open_image names the file already
-        why = why[len("unreadable image ("):-1] if why.startswith("unreadable image (") and why.endswith(")") else why
-        raise ValueError(f"{path}: cannot decode image ({why})") from None
+        raise ValueError(f"{path}: cannot decode image ({_one_line(exc)})") from None
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"{path}: empty image")
     return arr
