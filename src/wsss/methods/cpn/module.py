@@ -81,7 +81,7 @@ class CPNModule(WSSSModule):
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
-        self.extra_inputs = (SUPERPIXELS,) if self.hp.patches == "superpixels" else ()
+        self.extra_inputs = self.required_extras(cfg)  # one rule: what the frame's check asks
         self.grid_sizes = scaled_grid_sizes(self.hp.grid_sizes, cfg.data.crop_size, self.hp.grid_reference_crop)
 
     def build_net(self) -> CPNNet:
