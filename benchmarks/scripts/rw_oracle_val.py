@@ -20,7 +20,7 @@ for i in lay.ids:
         e[:-1] = torch.maximum(e[:-1], (m[1:]!=m[:-1]).float()); e[:, :-1] = torch.maximum(e[:, :-1], (m[:,1:]!=m[:,:-1]).float())
         b = F.max_pool2d(e[None,None], 4, 4, ceil_mode=True)[0,0][:hh,:ww]
     else:
-        b = torch.load(run/"affinity"/"val_boundary"/f"{i}.pt")
+        b = torch.load(run/"affinity"/"val_boundary"/f"{i}.pt", weights_only=True)
     stats.append((b.mean().item(), b.max().item()))
     rw = random_walk(cams, b, radius=5, beta=10, steps=256)
     up = F.interpolate(rw[None], scale_factor=4, mode="bilinear", align_corners=False)[0, :, :h, :w]
