@@ -21,6 +21,7 @@ from wsss.io import (
     MAX_IMAGE_PIXELS,
     ImageTooLargeError,
     image_id_problem,
+    one_line,
     open_image,
     read_index_png,
     read_json,
@@ -289,6 +290,11 @@ def test_read_json_errors(tmp_path):
     _one_line_error(ValueError, bad, lambda: read_json(bad), "not valid JSON")
     bad.write_bytes(b'{"a": "\xff"}')
     _one_line_error(ValueError, bad, lambda: read_json(bad), "not UTF-8")
+
+
+def test_one_line_collapses_whitespace_and_names_empty_errors():
+    assert one_line(ValueError("bad\n  header\tline ")) == "bad header line"
+    assert one_line(KeyError()) == "KeyError"  # an empty message falls back to the type name
 
 
 # ----------------------------------------------------------------------------- CAM files

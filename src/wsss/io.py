@@ -40,6 +40,7 @@ __all__ = [
     "UnreadableImageError",
     "open_image",
     "image_id_problem",
+    "one_line",
 ]
 
 #: Largest image (width x height, in pixels) wsss opens: 64 Mpx = 2**26 = 67,108,864 pixels.
@@ -215,12 +216,12 @@ def read_index_png(path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAG
             img.load()
             return np.array(img, dtype=np.uint8)
     except ValueError as exc:
-        msg = _one_line(exc)
+        msg = one_line(exc)
         if isinstance(exc, ImageTooLargeError) or msg.startswith(str(path) + ":"):
             raise
         raise ValueError(f"{path}: unreadable mask ({msg})") from None
     except (OSError, SyntaxError, EOFError) as exc:
-        raise ValueError(f"{path}: unreadable mask ({_one_line(exc)})") from None
+        raise ValueError(f"{path}: unreadable mask ({one_line(exc)})") from None
 
 
 _BOMB_MSG = re.compile(r"\((\d+) pixels\)")
@@ -297,7 +298,7 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PI
     except Image.UnidentifiedImageError:
         raise UnreadableImageError(path, "not a format Pillow can decode") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableImageError(path, _one_line(exc)) from None
+        raise UnreadableImageError(path, one_line(exc)) from None
     with img:
         w, h = img.size
         if max_pixels is not None and w * h > max_pixels:
@@ -341,5 +342,9 @@ def image_id_problem(image_id: object) -> str | None:
     return None
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (runs of whitespace collapsed); its type name if empty.
+
+    For the one-line ``wsss: error:`` messages that quote a library's error inside our own.
+    """
+    return " ".join(str(exc).split()) or type(exc).__name__

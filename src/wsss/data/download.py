@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from wsss.io import atomic_write, image_id_problem, read_index_png, save_palette_png
+from wsss.io import atomic_write, image_id_problem, one_line, read_index_png, save_palette_png
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -74,10 +74,6 @@ _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 class DownloadError(ValueError):
     """A download or archive failed: network error or timeout, checksum mismatch, missing
     checksum, unsafe or corrupt archive. One line, starting with the file concerned."""
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _check_md5(md5: object, where: object) -> str:
@@ -191,7 +187,7 @@ def _net_reason(exc: BaseException, timeout: float) -> str:
     reason: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     if isinstance(reason, TimeoutError) or "timed out" in str(reason):
         return f"no response within the timeout of {timeout:g} s"
-    return _one_line(reason) if isinstance(reason, BaseException) else " ".join(str(reason).split())
+    return one_line(reason) if isinstance(reason, BaseException) else " ".join(str(reason).split())
 
 
 def _progress(total: Any, desc: str):
@@ -246,7 +242,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
                     raise DownloadError(f"{archive}: unsafe archive member {m.name!r} ({problem}); nothing extracted")
             tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DownloadError(f"{archive}: unsafe or corrupt archive ({_one_line(exc)})") from None
+        raise DownloadError(f"{archive}: unsafe or corrupt archive ({one_line(exc)})") from None
 
 
 def _voc_complete(root: Path) -> list[str]:
@@ -365,7 +361,7 @@ def _read_ids(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as exc:
-        raise ValueError(f"{path}: cannot read id list ({_one_line(exc)})") from None
+        raise ValueError(f"{path}: cannot read id list ({one_line(exc)})") from None
     ids = []
     for lineno, ln in enumerate(text.split("\n"), 1):
         fields = ln.removesuffix("\r").replace("\t", " ").split(" ")

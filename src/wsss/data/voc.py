@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from wsss.io import MAX_IMAGE_PIXELS, ImageTooLargeError, image_id_problem, open_image, read_index_png
+from wsss.io import MAX_IMAGE_PIXELS, ImageTooLargeError, image_id_problem, one_line, open_image, read_index_png
 
 __all__ = ["DatasetError", "VOC_CLASSES", "VOCLayout", "class_file_stem"]
 
@@ -79,10 +79,6 @@ def class_file_stem(name: str) -> str:
     return name.strip().replace(" ", "_")
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _read_text(path: Path) -> str:
     """UTF-8 text of a dataset file; DatasetError naming the file if unreadable or not UTF-8."""
     try:
@@ -90,7 +86,7 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc.strerror or _one_line(exc)})") from None
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or one_line(exc)})") from None
 
 
 class VOCLayout:
@@ -281,7 +277,7 @@ class VOCLayout:
         except ImageTooLargeError as exc:
             raise DatasetError(str(exc)) from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            msg = _one_line(exc)
+            msg = one_line(exc)
             raise DatasetError(msg if msg.startswith(f"{path}: ") else f"{path}: cannot decode image ({msg})") from None
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
             raise DatasetError(f"{path}: empty or malformed image (decoded shape {arr.shape})")
@@ -302,7 +298,7 @@ class VOCLayout:
         try:
             mask = read_index_png(path, max_pixels=self.max_pixels)
         except (FileNotFoundError, ValueError) as exc:
-            raise DatasetError(_one_line(exc)) from None
+            raise DatasetError(one_line(exc)) from None
         size = self._image_size(image_id)
         if size is not None and (mask.shape[1], mask.shape[0]) != size:
             raise DatasetError(
@@ -387,9 +383,9 @@ class VOCLayout:
         try:
             tree = ET.parse(path)
         except ET.ParseError as exc:
-            raise DatasetError(f"{path}: not valid XML ({_one_line(exc)})") from None
+            raise DatasetError(f"{path}: not valid XML ({one_line(exc)})") from None
         except OSError as exc:
-            raise DatasetError(f"{path}: cannot read ({exc.strerror or _one_line(exc)})") from None
+            raise DatasetError(f"{path}: cannot read ({exc.strerror or one_line(exc)})") from None
         vec = np.zeros(self.num_classes, dtype=np.float32)
         for obj in tree.getroot().iter("object"):
             name = (obj.findtext("name") or "").strip()
@@ -511,9 +507,9 @@ class VOCLayout:
                             img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
                         img.load()
             except ImageTooLargeError as exc:
-                raise DatasetError(f"{_one_line(exc)} (id {i} of {self.split_file.name})") from None
+                raise DatasetError(f"{one_line(exc)} (id {i} of {self.split_file.name})") from None
             except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                raise DatasetError(f"{path}: unreadable or corrupt image ({_one_line(exc)})") from None
+                raise DatasetError(f"{path}: unreadable or corrupt image ({one_line(exc)})") from None
             if not masks:
                 continue
             mpath = self.mask_path(i)
@@ -523,9 +519,9 @@ class VOCLayout:
                 with open_image(mpath, max_pixels=self.max_pixels) as m:
                     msize, mmode = m.size, m.mode
             except ImageTooLargeError as exc:
-                raise DatasetError(_one_line(exc)) from None
+                raise DatasetError(one_line(exc)) from None
             except (OSError, SyntaxError, ValueError) as exc:
-                raise DatasetError(f"{mpath}: unreadable mask ({_one_line(exc)})") from None
+                raise DatasetError(f"{mpath}: unreadable mask ({one_line(exc)})") from None
             if mmode not in ("P", "L"):
                 raise DatasetError(f"{mpath}: mask must be a palette (P) or grey (L) PNG, got mode {mmode}")
             if msize != size:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.io import atomic_write_bytes, image_id_problem
+from wsss.io import atomic_write_bytes, image_id_problem, one_line
 
 __all__ = ["CamRecord", "save_cam", "load_cam", "cam_path"]
 
@@ -157,20 +157,16 @@ def load_cam(path: str | os.PathLike) -> CamRecord:
                     raise corrupt(f"arrays {names}, expected {sorted(_KEYS)}")
                 keys, high, strided = (np.asarray(z[k]) for k in _KEYS)
     except ValueError as exc:
-        msg = _one_line(exc)
+        msg = one_line(exc)
         if msg.startswith(f"{path}: corrupt CAM file"):
             raise
         if "pickle" in msg.lower():  # numpy's text suggests allow_pickle=True: never for CAM files
             msg = "pickled or object data, refused"
         raise corrupt(msg) from None
     except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError, AttributeError) as exc:
-        raise corrupt(f"{type(exc).__name__}: {_one_line(exc)}") from None
+        raise corrupt(f"{type(exc).__name__}: {one_line(exc)}") from None
     problem = _check_record(keys, high, strided)
     if problem is not None:
         raise corrupt(problem)
     return CamRecord(keys=keys.astype(np.int64), high_res=high.astype(np.float32, copy=False),
                      strided=strided.astype(np.float32, copy=False))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

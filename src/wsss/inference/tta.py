@@ -23,20 +23,9 @@ from tqdm import tqdm
 
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from wsss.inference.store import CamRecord, cam_path, save_cam
+from wsss.methods.base import normalize_cam
 
 __all__ = ["multiscale_cam", "normalize_cam", "infer_split"]
-
-
-def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """ReLU, then divide each map by its own spatial max + ``eps``.
-
-    Args:
-        cam: (..., H, W) raw CAMs.
-    Returns:
-        same shape, values in [0, 1).
-    """
-    cam = F.relu(cam)
-    return cam / (cam.amax(dim=(-2, -1), keepdim=True) + eps)
 
 
 @torch.no_grad()

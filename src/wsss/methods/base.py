@@ -25,7 +25,24 @@ from torch import nn
 from wsss.backbones import Backbone
 from wsss.config import Config, ConfigError, ModelConfig
 
-__all__ = ["CAMNet", "WSSSModule", "multilabel_loss", "build_backbone", "build_cam_net", "init_classifier", "method_params", "poly_lambda", "check_finite", "TrainingDiverged"]
+__all__ = ["CAMNet", "WSSSModule", "multilabel_loss", "build_backbone", "build_cam_net", "init_classifier", "method_params", "poly_lambda", "check_finite", "TrainingDiverged", "normalize_cam"]
+
+
+def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """ReLU, then divide each map by its own spatial max + ``eps`` (IRN's CAM normalisation).
+
+    The one definition of the max normalisation every stage and method uses: inference
+    (IRN ``make_cam``), GSLM's authors' activation loss, P-OC's psi (per image), CPN's max mode.
+
+    Args:
+        cam: (..., H, W) raw CAMs, any real values.
+        eps: added to each map's max; > 0 keeps all-zero maps at 0.
+    Returns:
+        same shape and dtype, values in [0, 1) (all 0 where a map has no positive value).
+        Differentiable.
+    """
+    cam = F.relu(cam)
+    return cam / (cam.amax(dim=(-2, -1), keepdim=True) + eps)
 
 
 def build_backbone(cfg: ModelConfig) -> Backbone:

@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save
 
-from wsss.io import atomic_write_bytes, save_palette_png, write_json
+from wsss.io import atomic_write_bytes, one_line, save_palette_png, write_json
 from wsss.report.overlay import mask_overlay
 from wsss.segmentation.infer import DEEPLAB_CRF, crf_postprocess, predict_probs
 from wsss.segmentation.model import SegmentationNet, build_deeplabv3plus
@@ -58,10 +58,6 @@ __all__ = [
 MODEL_SUBDIR = "segmentation"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FORMAT_VERSION = 1
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def segmentation_model_paths(run_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -136,7 +132,7 @@ def load_segmentation_model(run_dir: str | os.PathLike, device: torch.device | s
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{meta_path}: not valid JSON ({_one_line(exc)})") from None
+        raise ValueError(f"{meta_path}: not valid JSON ({one_line(exc)})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_path}: must hold a JSON object")
     missing = [k for k in ("architecture", "encoder", "num_classes", "output_stride", "atrous_rates", "class_names",
@@ -153,7 +149,7 @@ def load_segmentation_model(run_dir: str | os.PathLike, device: torch.device | s
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types
-        raise ValueError(f"{weights}: unreadable weights ({_one_line(exc)})") from None
+        raise ValueError(f"{weights}: unreadable weights ({one_line(exc)})") from None
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -216,7 +212,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except UnreadableImageError as exc:  # open_image failed; its message already names the file
         raise ValueError(f"{path}: cannot decode image ({exc.reason})") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: cannot decode image ({_one_line(exc)})") from None
+        raise ValueError(f"{path}: cannot decode image ({one_line(exc)})") from None
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"{path}: empty image")
     return arr
@@ -317,7 +313,7 @@ def predict_images(
             if progress:
                 print(f"[predict] {path} -> {mask_path}")
         except Exception as exc:  # one bad image must not stop the others
-            msg = _one_line(exc)
+            msg = one_line(exc)
             print(f"wsss: error: {msg if msg.startswith(str(path)) else f'{path}: {msg}'}", file=err)
             failed += 1
     return failed

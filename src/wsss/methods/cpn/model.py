@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.backbones import Backbone
-from wsss.methods.base import init_classifier, multilabel_loss
+from wsss.methods.base import init_classifier, multilabel_loss, normalize_cam
 
 __all__ = [
     "CPNParams",
@@ -428,7 +428,7 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor | None = None, mode:
     """
     p = F.relu(cams)
     if mode == "max":
-        out = p / (p.amax(dim=(-2, -1), keepdim=True) + eps)
+        out = normalize_cam(cams, eps)
     elif mode == "minmax":
         lo = p.amin(dim=(-2, -1), keepdim=True)
         hi = p.amax(dim=(-2, -1), keepdim=True)

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.methods.base import normalize_cam
+
 __all__ = [
     "relu_k",
     "confidence_targets",
@@ -222,9 +224,7 @@ def authors_activation_loss(
     if not eps > 0:
         raise ValueError(f"authors_activation_loss: eps must be > 0, got {eps}")
     target, weight = confidence_targets(confidence.to(cams_raw.device), labels.to(cams_raw.device), tuple(cams_raw.shape[-2:]))
-    f = F.relu(cams_raw.float())
-    peak = f.amax(dim=(2, 3), keepdim=True)
-    cam = float(k) * f / (peak + float(eps))
+    cam = float(k) * normalize_cam(cams_raw.float(), float(eps))
     per_px = F.smooth_l1_loss(cam, float(k) * target, reduction="none", beta=beta) * weight
     return _reduce(per_px, weight, reduction)
 

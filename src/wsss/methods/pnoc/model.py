@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from wsss.methods.base import multilabel_loss
+from wsss.methods.base import multilabel_loss, normalize_cam
 
 __all__ = [
     "PuzzleParams",
@@ -244,12 +244,10 @@ def psi(maps: torch.Tensor, mode: str = "image", eps: float = 1e-5) -> torch.Ten
         ValueError: unknown mode.
     """
     _check_choice("psi_norm", mode, PSI_MODES)
-    a = F.relu(maps)
     if mode == "image":
-        peak = a.amax(dim=(-2, -1), keepdim=True)
-    else:
-        peak = a.amax()
-    return a / (peak + eps)
+        return normalize_cam(maps, eps)
+    a = F.relu(maps)
+    return a / (a.amax() + eps)
 
 
 def class_maps(cams: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
