@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One MSRC method run at one training seed, from a frozen code tree, reusing the CAM baseline run
 # of the same seed as its dependency (requires: oc / seed) when that run's fingerprint matches.
-#   bash benchmarks/run_method_seed.sh CODE_DIR METHOD SEED CAM_RUN_DIR [overrides...]
-# Output: runs/msrc/<METHOD>@s<SEED> (seed 0: runs/msrc/<METHOD>@s0), log benchmarks/logs/methods/<METHOD>@s<SEED>.log
+#   [RUN_NAME=variant] bash benchmarks/run_method_seed.sh CODE_DIR METHOD SEED CAM_RUN_DIR [overrides...]
+# Output: runs/msrc/<NAME>@s<SEED>, log benchmarks/logs/methods/<NAME>@s<SEED>.log, where NAME is RUN_NAME
+# (an ablation variant with overrides, e.g. RUN_NAME=cpn_no_prcm ... --method.prcm_form none) or METHOD
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 code="$1"; method="$2"; seed="$3"; cam="$(realpath -m "$4")"; shift 4
-out="$repo/runs/msrc/$method@s$seed"
+name="${RUN_NAME:-$method}"
+out="$repo/runs/msrc/$name@s$seed"
 mkdir -p "$repo/benchmarks/logs/methods" "$out/requires"
 for dep in oc seed; do  # the dependency names the MSRC configs use for the CAM baseline
   if [[ ! -e "$out/requires/$dep" ]]; then
@@ -16,8 +18,8 @@ for dep in oc seed; do  # the dependency names the MSRC configs use for the CAM 
        --config configs/msrc/cam.yaml --seed "$seed" --legacy-bn-mode batch_stats) || echo "   (adopt failed: the dependency will be recomputed or refused)"
   fi
 done
-log="$repo/benchmarks/logs/methods/$method@s$seed.log"
-echo "== $method seed $seed ($(date -u +%H:%M:%S))"
+log="$repo/benchmarks/logs/methods/$name@s$seed.log"
+echo "== $name ($method) seed $seed ($(date -u +%H:%M:%S))"
 s=$(date +%s)
 (cd "$code" && PYTHONPATH="$code/src" "$repo/.venv/bin/wsss" pipeline --config "configs/msrc/$method.yaml" --seed "$seed" \
    --output_dir "$out" "$@") > "$log" 2>&1 || echo "   FAILED: $(grep -E 'wsss: error' "$log" | tail -1)"
