@@ -142,3 +142,25 @@ def test_pair_counts_and_f1_hand_computed():
     assert pair_f1(c2)["f1"] == 0.0
     with pytest.raises(ValueError, match="shapes"):
         pair_counts(labels, gt[..., :4], radius=2)
+
+
+def test_unsure_band_hand_computed():
+    from wsss.affinity.model import unsure_band
+
+    row = torch.tensor([[1, 1, 1, 2, 2, 2, 2]])
+    assert torch.equal(unsure_band(row, 0), row)
+    # width 1: the two pixels that touch the change; width 2: one more on each side
+    assert unsure_band(row, 1).tolist() == [[1, 1, 255, 255, 2, 2, 2]]
+    assert unsure_band(row, 2).tolist() == [[1, 255, 255, 255, 255, 2, 2]]
+    # a 2-D corner: width 1 marks the pixels with a 4-neighbour across the change (not the
+    # diagonal one); width 2 adds their 8-neighbours (Chebyshev distance)
+    m = torch.zeros(4, 4, dtype=torch.int64)
+    m[2:, 2:] = 3
+    b1, b2 = unsure_band(m, 1), unsure_band(m, 2)
+    assert b1[1, 1] == 0 and b1[2, 2] == 255 and b1[1, 2] == 255 and b1[2, 1] == 255 and b1[0, 2] == 0 and b1[3, 3] == 3
+    assert b2[1, 1] == 255 and b2[0, 1] == 255 and b2[3, 0] == 255 and b2[0, 0] == 0 and b2[3, 3] == 255
+    assert int((b1 == 255).sum()) == 7 and int((b2 == 255).sum()) == 15
+    with pytest.raises(ValueError, match="width"):
+        unsure_band(row, -1)
+    with pytest.raises(ValueError, match="H, W"):
+        unsure_band(row[None], 1)

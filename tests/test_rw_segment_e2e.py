@@ -53,6 +53,29 @@ def test_affinity_and_random_walk_outputs(run_dir):
     assert (run_dir / "fingerprints/rw.json").is_file() and (run_dir / "fingerprints/affinity.json").is_file()
 
 
+def test_affinity_labels_from_pseudo_masks_with_a_band(run_dir, msrc_root, tmp_path):
+    """affinity.label_source pseudo: the labels are the CRF pseudo masks with the unsure band."""
+    import shutil
+
+    import torch
+
+    from wsss.affinity.model import unsure_band
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    assert main(["affinity", "--config", CFG, "--data.root", str(msrc_root), "--output_dir", str(copy), *FAST,
+                 "--affinity.label_source", "pseudo", "--affinity.label_band", "3", "--overwrite"]) == 0
+    pseudo = sorted((copy / "pseudo").glob("*.png"))
+    assert len(pseudo) == 8
+    for p in pseudo:
+        want = unsure_band(torch.from_numpy(read_index_png(p).astype(np.int64)), 3).numpy()
+        assert np.array_equal(read_index_png(copy / "affinity/labels" / p.name), want)
+    meta = json.loads((copy / "affinity/model.json").read_text())
+    assert meta["fg_threshold"] is None and "pseudo" in meta["threshold_source"]
+    assert main(["affinity", "--config", CFG, "--data.root", str(msrc_root), "--output_dir", str(copy), *FAST,
+                 "--affinity.label_source", "nope", "--overwrite"]) != 0
+
+
 def test_segmentation_metrics_and_shippable_model(run_dir):
     seg = json.loads((run_dir / "metrics/segmentation.json").read_text())
     assert seg["split"] == "val" and set(seg["variants"]) == {"single", "multiscale", "multiscale_crf"}

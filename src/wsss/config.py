@@ -137,6 +137,8 @@ class AffinityConfig:
     """Affinity labels and the inter-pixel relation (boundary) network (IRN Sec. 3.2, train_irn.py)."""
 
     enabled: bool = False  # run the affinity + random-walk stages in `wsss pipeline`
+    label_source: str = "confident"  # confident (IRN cam_to_ir_label) | pseudo (wsss option: the refine stage's CRF pseudo masks)
+    label_band: int = 0  # label_source pseudo: pixels within this many px of a mask edge are unsure (255)
     fg_threshold: float | None = None  # confident fg of the affinity labels (IRN conf_fg_thres 0.30); null = chosen on val (see sweep_*)
     bg_threshold: float | None = None  # confident bg (IRN conf_bg_thres 0.05); null = chosen on val
     sweep_fg: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8])  # grid searched on val

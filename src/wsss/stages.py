@@ -842,6 +842,26 @@ def affinity_thresholds(cfg: Config) -> tuple[float, float, str]:
     return fg, bg, what
 
 
+def _band_labels_from_pseudo(pseudo_dir: Path, labels_dir: Path, ids: list[str], band: int) -> None:
+    """``affinity.label_source: pseudo``: the affinity labels are the refine stage's CRF pseudo
+    masks (``pseudo/<id>.png``) with :func:`wsss.affinity.model.unsure_band` of ``band`` px.
+
+    Raises:
+        FileNotFoundError: a pseudo mask is missing (the refine stage has not run).
+    """
+    from wsss.affinity.model import unsure_band
+    from wsss.io import read_index_png, save_palette_png
+
+    missing = [i for i in ids if not (pseudo_dir / f"{i}.png").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{pseudo_dir}: no CRF pseudo mask for {len(missing)} training images (first: {missing[0]}); "
+                                "affinity.label_source pseudo needs the refine stage on the training split")
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        mask = torch.from_numpy(read_index_png(pseudo_dir / f"{i}.png").astype(np.int64))
+        save_palette_png(labels_dir / f"{i}.png", unsure_band(mask, band).numpy().astype(np.uint8))
+
+
 def _train_split_layout(cfg: Config, mask_dir: Path) -> VOCLayout:
     d = cfg.data
     return VOCLayout(d.root, d.train_split, limit=d.limit, mask_dir=str(mask_dir.resolve()), check_files=False)
@@ -850,9 +870,10 @@ def _train_split_layout(cfg: Config, mask_dir: Path) -> VOCLayout:
 def stage_affinity(cfg: Config) -> dict | None:
     """Affinity labels of the training split and the boundary network trained on them (IRN).
 
-    Writes ``affinity/labels/<id>.png`` (confident labels: two CRF'd argmax passes at the
-    confident fg / bg thresholds of :func:`affinity_thresholds`, disagreement 255; IRN
-    ``cam_to_ir_label``), ``metrics/affinity_labels.json`` (their mIoU and coverage when the
+    Writes ``affinity/labels/<id>.png`` (``affinity.label_source: confident``, IRN
+    ``cam_to_ir_label``: two CRF'd argmax passes at the confident fg / bg thresholds of
+    :func:`affinity_thresholds`, disagreement 255; ``pseudo``, a wsss option: the refine stage's
+    CRF pseudo masks with an unsure band of ``affinity.label_band`` px at their edges), ``metrics/affinity_labels.json`` (their mIoU and coverage when the
     split has masks), and ``affinity/model.safetensors`` + ``affinity/model.json`` (the head of
     :class:`wsss.affinity.model.BoundaryNet`, trained by :class:`wsss.affinity.module.BoundaryModule`
     with the labels delivered through the same joint augmentation as the image).
@@ -867,6 +888,7 @@ def stage_affinity(cfg: Config) -> dict | None:
     import lightning as L
     from safetensors.torch import save
 
+    from wsss.affinity.model import LABEL_SOURCES
     from wsss.affinity.module import BoundaryModule
     from wsss.data.datasets import ClassificationDataset, worker_init_fn
     from wsss.data.extras import LabelDirSource
@@ -888,13 +910,23 @@ def stage_affinity(cfg: Config) -> dict | None:
         print(f"[affinity] {out}: the affinity fingerprint matches the config; reusing the boundary network")
         return read_json(meta_path)
     t0 = time.time()
-    fg, bg, source = affinity_thresholds(cfg) if not is_worker_rank() else (0.0, 0.0, "")
+    if a.label_source not in LABEL_SOURCES:
+        raise ConfigError(f"{cfg.source or 'config'}: affinity.label_source must be one of {list(LABEL_SOURCES)}, got {a.label_source!r}")
+    if isinstance(a.label_band, bool) or int(a.label_band) != a.label_band or a.label_band < 0:
+        raise ConfigError(f"{cfg.source or 'config'}: affinity.label_band must be an integer >= 0, got {a.label_band!r}")
+    if a.label_source == "pseudo":
+        fg, bg, source = None, None, f"CRF pseudo masks (pseudo/), unsure band {int(a.label_band)} px"
+    else:
+        fg, bg, source = affinity_thresholds(cfg) if not is_worker_rank() else (0.0, 0.0, "")
     labels_dir = out / "labels"
     if not is_worker_rank():
         train_layout = layout_for(cfg, cfg.data.train_split)
-        params = CRFParams.from_dict(cfg.refine.crf)
-        make_pseudo_masks(train_layout, run / "cams", labels_dir, kind="confident", fg_threshold=fg, bg_threshold=bg,
-                          params=params, workers=cfg.refine.workers)
+        if a.label_source == "pseudo":
+            _band_labels_from_pseudo(run / "pseudo", labels_dir, train_layout.ids, int(a.label_band))
+        else:
+            params = CRFParams.from_dict(cfg.refine.crf)
+            make_pseudo_masks(train_layout, run / "cams", labels_dir, kind="confident", fg_threshold=fg, bg_threshold=bg,
+                              params=params, workers=cfg.refine.workers)
         if train_layout.has_masks:
             res = evaluate_masks(train_layout, labels_dir, stage="affinity_labels")
             res.update(fg_threshold=fg, bg_threshold=bg, threshold_source=source, protocol=protocol(cfg))

@@ -25,7 +25,11 @@ from torch import nn
 from wsss.backbones import Backbone
 from wsss.refine.random_walk import path_affinity, search_offsets
 
-__all__ = ["BoundaryNet", "pair_labels", "affinity_loss", "pair_counts", "pair_f1"]
+__all__ = ["BoundaryNet", "pair_labels", "affinity_loss", "pair_counts", "pair_f1", "unsure_band", "LABEL_SOURCES"]
+
+#: where the affinity labels come from: ``confident`` = IRN's two CRF passes (``cam_to_ir_label``);
+#: ``pseudo`` = wsss option, the refine stage's CRF pseudo masks with an unsure band at their edges
+LABEL_SOURCES = ("confident", "pseudo")
 
 
 class BoundaryNet(nn.Module):
@@ -179,4 +183,42 @@ def pair_f1(counts: dict[str, int]) -> dict[str, float]:
         out[f"precision_{kind}"] = 100.0 * tp / npred if npred else 0.0
         out[f"recall_{kind}"] = 100.0 * tp / ntrue if ntrue else 0.0
     out["f1"] = (out["f1_pos"] + out["f1_neg"]) / 2
+    return out
+
+
+def unsure_band(labels: torch.Tensor, width: int) -> torch.Tensor:
+    """Mark every pixel within ``width`` px of a label change as unsure (255).
+
+    The affinity labels of ``affinity.label_source: pseudo`` (a wsss option, not IRN): a CRF
+    pseudo mask labels every pixel, so its pairs include many negatives, but the mask's edges are
+    only near the true object edges; the band drops the pairs whose ends sit closest to them.
+
+    Args:
+        labels: (H, W) integer label map (e.g. 0 background, 1..C class; 255 unsure).
+        width: band half-width in pixels (Chebyshev distance to the nearest pixel on the other
+            side of a change, counted on both sides); 0 returns the labels unchanged.
+
+    Returns:
+        (H, W) tensor of the same dtype: ``labels`` with the band set to 255.
+
+    Raises:
+        ValueError: labels not 2-D, or width < 0.
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"unsure_band: labels must be (H, W), got {tuple(labels.shape)}")
+    if int(width) != width or width < 0:
+        raise ValueError(f"unsure_band: width must be an integer >= 0, got {width!r}")
+    if width == 0:
+        return labels.clone()
+    edge = torch.zeros(labels.shape, dtype=torch.float32)
+    dv = (labels[1:] != labels[:-1]).float()
+    dh = (labels[:, 1:] != labels[:, :-1]).float()
+    edge[1:] = torch.maximum(edge[1:], dv)
+    edge[:-1] = torch.maximum(edge[:-1], dv)
+    edge[:, 1:] = torch.maximum(edge[:, 1:], dh)
+    edge[:, :-1] = torch.maximum(edge[:, :-1], dh)
+    w = int(width)
+    near = F.max_pool2d(edge[None, None], 2 * w - 1, 1, w - 1)[0, 0] > 0
+    out = labels.clone()
+    out[near] = 255
     return out
