@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Random-walk pseudo masks of an existing CAM run with one affinity variant (issue 10), without
+# touching that run: its directory is hard-linked (stages write atomically, so the originals are
+# never modified) and the pipeline reuses every stage up to refine by fingerprint.
+#   bash benchmarks/run_rw_variant.sh CODE_DIR CAM_RUN NAME [overrides...]
+# Output runs/msrc/rw/<NAME>, log benchmarks/logs/rw/<NAME>.log
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+code="$1"; cam="$(realpath "$2")"; name="$3"; shift 3
+out="$repo/runs/msrc/rw/$name"
+mkdir -p "$repo/runs/msrc/rw" "$repo/benchmarks/logs/rw"
+if [[ ! -e "$out" ]]; then
+  cp -al "$cam" "$out"
+  for d in report logs; do  # written by libraries that may not replace files atomically: real copies
+    [[ -d "$out/$d" ]] && { rm -rf "$out/$d"; cp -a "$cam/$d" "$out/$d"; }
+  done
+fi
+seed=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['seed'])" "$cam/config.json")
+echo "== rw $name from $cam, seed $seed ($(date -u +%H:%M:%S))"
+s=$(date +%s)
+(cd "$code" && PYTHONPATH="$code/src" "$repo/.venv/bin/wsss" pipeline --config configs/msrc/cam.yaml --seed "$seed" \
+   --output_dir "$out" --affinity.enabled true "$@") > "$repo/benchmarks/logs/rw/$name.log" 2>&1 || echo "   FAILED: $(grep -E 'wsss: error' "$repo/benchmarks/logs/rw/$name.log" | tail -1)"
+echo "   done in $(( $(date +%s) - s )) s"
+grep -E '^\[(pseudo|pseudo_rw|affinity_labels)\]' "$repo/benchmarks/logs/rw/$name.log" | tail -3 || true
