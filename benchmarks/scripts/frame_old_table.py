@@ -41,7 +41,9 @@ def main(argv: list[str]) -> int:
     root = Path(args.root)
     old = json.loads((REPO / "benchmarks" / "results" / "msrc-old-recipe.json").read_text())["runs"]
     now = {"cam": collect_run(root / "gslm" / "requires" / "seed"), "gslm": collect_run(root / "gslm"),
-           "pnoc": collect_run(root / "pnoc")}
+           "pnoc": collect_run(root / "pnoc"),
+           # control: the pre-frame code (f302eb3) on the same OC, seed and recipe (run_pnoc_precode.sh)
+           "pnoc_precode": collect_run(root / "pnoc_precode")}
     out: dict = {"before": {}, "frame": {}, "delta_vs_cam": {}}
     for name in ("cam", "cam_seed1", "gslm", "pnoc"):
         if name in old:
@@ -51,7 +53,7 @@ def main(argv: list[str]) -> int:
     # each method against the CAM run it was trained on / compared with (the old cam row: seed 0)
     for where, cam_name in (("before", "cam"), ("frame", "cam")):
         cam = out[where].get(cam_name)
-        for m in ("gslm", "pnoc"):
+        for m in ("gslm", "pnoc", "pnoc_precode"):
             rec = out[where].get(m)
             if cam and rec:
                 out["delta_vs_cam"].setdefault(m, {})[where] = {
@@ -59,14 +61,15 @@ def main(argv: list[str]) -> int:
     (REPO / "benchmarks" / "results" / "frame_old.json").write_text(json.dumps(out, indent=2) + "\n")
     print("| run | when | seed mIoU fixed (thr) | swept | CRF pseudo mIoU | Δ vs its CAM (fixed / swept / CRF) | m_under / m_over | train s |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in ("cam", "cam_seed1", "gslm", "pnoc"):
+    for name in ("cam", "cam_seed1", "gslm", "pnoc", "pnoc_precode"):
         for where in ("before", "frame"):
             r = out[where].get(name)
             if not r:
                 continue
             d = out["delta_vs_cam"].get(name, {}).get(where)
             dtxt = "–" if d is None else " / ".join(f"{d[k]:+.1f}" for k in ("seed_miou_fixed", "seed_miou_swept", "pseudo_miou"))
-            when = "pre-frame record" if where == "before" else "through the frame"
+            when = ("pre-frame record" if where == "before" else
+                    "pre-frame code f302eb3, the frame run's OC (control)" if name == "pnoc_precode" else "through the frame")
             print(f"| {name} | {when} | {_fmt(r['seed_miou_fixed'])} ({_fmt(r['threshold_fixed'], 2)}) | "
                   f"{_fmt(r['seed_miou_swept'])} | {_fmt(r['pseudo_miou'])} | {dtxt} | "
                   f"{_fmt(r['m_under'], 2)} / {_fmt(r['m_over'], 2)} | {_fmt(r['train_seconds'], 0)} |")
