@@ -426,10 +426,10 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor | None = None, mode:
     Raises:
         ValueError: unknown mode, or labels not (B, C).
     """
-    p = F.relu(cams)
     if mode == "max":
         out = normalize_cam(cams, eps)
     elif mode == "minmax":
+        p = F.relu(cams)
         lo = p.amin(dim=(-2, -1), keepdim=True)
         hi = p.amax(dim=(-2, -1), keepdim=True)
         out = F.relu(p - lo - eps) / (hi - lo + eps)
