@@ -697,3 +697,30 @@ def test_pnoc_k_noc_2_authors_accumulates_until_noc_steps(objective):
     assert all(g is not None for g in gen1_noc_grads)
     assert _close(before[3], gen1_noc_grads)  # kept into gen2's backward: accumulated, not zeroed
     assert not _close(module.at_step[3][2], gen1_noc_grads)  # gen2 added its own part
+
+
+@pytest.mark.parametrize("noc_bn_mode", ["frozen", "batch_stats"])
+def test_pnoc_noc_batchnorm_statistics(noc_bn_mode, oc_checkpoint):
+    """noc classifies with the OC's running statistics (authors' ``Classifier(mode="fix")``) even
+    when the generator's BatchNorm normalises by batch statistics (``model.bn_mode: batch_stats``,
+    the MSRC recipe): noc's steps on hard-erased images must not move noc's running statistics,
+    unless ``noc_bn_mode: batch_stats`` asks for it."""
+    L.seed_everything(0, verbose=False)
+    cfg = _cfg("pnoc", oc_checkpoint, lambda_noc_from=1.0, noc_bn_mode=noc_bn_mode)
+    cfg.model.bn_mode = "batch_stats"
+    module = SpyPNOC(cfg, NUM_CLASSES)
+    _trainer(max_steps=4).fit(module, _loader(empty=False))
+    stats = [k for k in module.noc.state_dict() if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    kinds = [e[0] for e in module.events]
+    assert kinds == ["gen", "noc", "gen", "noc"]
+    for kind, g0, g1, n0, n1, _ in module.events:
+        moved = [k for k in stats if not torch.equal(n0[k], n1[k])]
+        if kind == "noc" and noc_bn_mode == "batch_stats":
+            assert moved, "batch_stats noc should update its running statistics"
+        else:
+            assert not moved, f"noc's running statistics moved in the {kind} phase: {moved[:3]}"
+        if kind == "gen":  # the generator (batch_stats) does move its own statistics
+            assert any(not torch.equal(g0[k], g1[k]) for k in g0 if k.endswith("running_mean"))
+    with pytest.raises(ValueError, match="noc_bn_mode"):
+        PNOCModule(_cfg("pnoc", oc_checkpoint, noc_bn_mode="trainable"), NUM_CLASSES)

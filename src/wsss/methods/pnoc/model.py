@@ -48,6 +48,7 @@ __all__ = [
     "noc_objective",
     "PSI_MODES",
     "NOC_OBJECTIVES",
+    "NOC_BN_MODES",
     "RE_MASKS",
     "CLASS_SAMPLING",
 ]
@@ -57,6 +58,8 @@ RE_MASKS = ("none", "labels")
 CLASS_SAMPLING = ("uniform",)
 # which loss noc's parameters descend (see :func:`noc_objective`)
 NOC_OBJECTIVES = ("paper", "authors")
+# noc's BatchNorm (a subset of wsss.backbones.BN_MODES: noc's affine parameters stay fixed)
+NOC_BN_MODES = ("frozen", "batch_stats")
 
 
 # ---------------------------------------------------------------------------------------
@@ -161,6 +164,12 @@ class PNOCParams(POCParams):
     # scripts/cam/train_pnoc.py: cg_loss.backward() reaches ocnet, only cgopt.zero_grad() before
     # ocopt.step()). Default "paper" until the val split chooses between them.
     noc_objective: str = "paper"
+    # noc's BatchNorm: "frozen" = running statistics and affine fixed in every mode (lucasdavid/PNOC
+    # train_pnoc.py builds ocnet with mode="fix", i.e. FixedBatchNorm; wsss before the plug-in frame
+    # did the same through the frozen-BN train() override). "batch_stats" = the generator's mode:
+    # noc's step normalises the hard-erased batch by its own statistics and moves the running
+    # statistics that the generator phase then uses (what the frame ran until 2026-12-07).
+    noc_bn_mode: str = "frozen"
 
     def __post_init__(self) -> None:
         POCParams.__post_init__(self)
@@ -170,6 +179,7 @@ class PNOCParams(POCParams):
         _check_range("lambda_noc_ramp", self.lambda_noc_ramp, 0.0, 1.0)
         _check_choice("noc_psi_norm", self.noc_psi_norm, PSI_MODES)
         _check_choice("noc_objective", self.noc_objective, NOC_OBJECTIVES)
+        _check_choice("noc_bn_mode", self.noc_bn_mode, NOC_BN_MODES)
         if self.noc_lr is not None and float(self.noc_lr) <= 0:
             raise ValueError(f"method.noc_lr must be positive or null, got {self.noc_lr!r}")
 

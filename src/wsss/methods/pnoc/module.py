@@ -109,10 +109,14 @@ class _FamilyModule(WSSSModule):
         self.hp = _params(cfg, self.params_cls, self.method_key)
 
     # -- helpers -------------------------------------------------------------------------
-    def build_classifier(self) -> CAMNet:
+    def build_classifier(self, bn_mode: str = "frozen") -> CAMNet:
         """A CAMNet with the generator's architecture, randomly initialised (weights are
-        loaded from ``oc_checkpoint`` when training starts, see :meth:`setup`)."""
-        return build_cam_net(self.cfg.model, self.num_classes, pretrained="none")
+        loaded from ``oc_checkpoint`` when training starts, see :meth:`setup`).
+
+        ``bn_mode`` (default ``"frozen"``): the classifier's BatchNorm, independent of the
+        generator's ``model.bn_mode``. oc and noc classify with running statistics, as the
+        authors' ``Classifier(mode="fix")`` (lucasdavid/PNOC ``train_pnoc.py``)."""
+        return build_cam_net(self.cfg.model, self.num_classes, pretrained="none", bn_mode=bn_mode)
 
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """Training targets: the labels, smoothed when ``method.label_smoothing`` > 0."""
@@ -298,7 +302,7 @@ class PNOCModule(_FamilyModule):
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         self.automatic_optimization = False
-        self.noc = self.build_classifier()
+        self.noc = self.build_classifier(self.hp.noc_bn_mode)
         self.noc.eval()
         self._total_batches: int | None = None
 
