@@ -99,6 +99,41 @@ def test_mismatch_message_names_the_changed_keys():
     assert describe_change(rec, d) == "were made with method.alpha=<unset>, the config says 2"
 
 
+def test_keys_added_later_match_only_at_their_legacy_value(tmp_path):
+    """A run recorded before affinity.label_source / label_band existed (keys absent from its
+    fingerprint) is reused when the config holds the value those runs implicitly had, and stops
+    with the one-line mismatch for any other value; an absent key not in LEGACY_DEFAULTS always
+    differs."""
+    from wsss.fingerprint import LEGACY_DEFAULTS, changed_keys, matches
+
+    assert LEGACY_DEFAULTS["affinity.label_source"] == "confident" and LEGACY_DEFAULTS["affinity.label_band"] == 0
+    cfg = load_config(CFG, {"output_dir": str(tmp_path / "run")})
+    cur = stage_fingerprint(cfg, "report")
+    old = cur.to_dict()
+    old["keys"] = {k: v for k, v in old["keys"].items() if k not in LEGACY_DEFAULTS}  # a pre-72a75e2 run
+    old["hash"] = Fingerprint("report", old["keys"]).hash
+    assert old["hash"] != cur.hash
+    assert changed_keys(old, cur) == [] and matches(old, cur)
+    pseudo = stage_fingerprint(load_config(CFG, {"affinity.label_source": "pseudo"}), "report")
+    assert [k for k, *_ in changed_keys(old, pseudo)] == ["affinity.label_source"] and not matches(old, pseudo)
+    assert not matches({**old, "previous": "0" * 64}, cur)  # the chain must agree too
+    assert not matches(None, cur)
+    # a recorded run holding the key is compared as usual, and unknown absent keys still differ
+    assert matches(cur.to_dict(), cur)
+    d = Fingerprint("report", {**old["keys"], "method.alpha": 2})
+    assert [k for k, *_ in changed_keys(old, d)] == ["method.alpha"]
+    # the stage decision: outputs of the old run are reused, not reported as a mismatch
+    run = Path(cfg.output_dir)
+    (run / "report").mkdir(parents=True)
+    (run / "report/index.html").write_text("old")
+    write_json(run / "fingerprints/report.json", {**old, "status": "done"})
+    skip, _ = _open_stage(cfg, "report", upstream=False, required=[run / "report/index.html"])
+    assert skip
+    with pytest.raises(ConfigError, match=r"affinity.label_source=<unset>, the config says pseudo"):
+        _open_stage(load_config(CFG, {"output_dir": str(run), "affinity.label_source": "pseudo"}), "report",
+                    upstream=False)
+
+
 def _fake_run(tmp_path: Path, overrides: dict | None = None):
     cfg = load_config(CFG, {"output_dir": str(tmp_path / "run"), **(overrides or {})})
     return cfg, Path(cfg.output_dir)

@@ -31,6 +31,13 @@ segment               rw + ``segmentation.*``
 report                everything else (``report.*`` and any other section)
 ====================  ========================================================================
 
+**Keys added later.** A config key that did not exist when a run was made is absent from its
+recorded fingerprints. :data:`LEGACY_DEFAULTS` lists each key added since fingerprints exist with
+the value that reproduces the behaviour from before it existed; a recorded fingerprint without
+such a key still matches when the config holds exactly that value (:func:`changed_keys`,
+:func:`matches`). A key whose addition changed behaviour (a bug fix such as
+``method.noc_bn_mode``) is deliberately not listed, so runs made before it do not match.
+
 ``output_dir``, ``source``, ``overwrite``, ``overrides`` and ``requires`` are never keyed
 (a dependency enters through its run's fingerprint in ``inputs``). ``data.root`` is keyed as
 an absolute path.
@@ -61,6 +68,8 @@ __all__ = [
     "write_fingerprint",
     "remove_fingerprint",
     "changed_keys",
+    "matches",
+    "LEGACY_DEFAULTS",
     "describe_change",
     "file_digest",
 ]
@@ -240,6 +249,14 @@ def remove_fingerprint(run_dir: str | Path, name: str) -> None:
 
 _UNSET = object()
 
+#: keys added to the config after runs with fingerprints existed -> the value that gives the
+#: behaviour of a run made before the key existed (see the module docstring). Add a key here
+#: only when its default reproduces the old outputs exactly.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "affinity.label_source": "confident",  # 72a75e2: IRN's confident labels were the only source
+    "affinity.label_band": 0,  # 72a75e2: only read with label_source pseudo
+}
+
 
 def changed_keys(recorded: Mapping[str, Any], current: Fingerprint, *, include_inputs: bool = True) -> list[tuple[str, Any, Any]]:
     """``[(key, recorded value, current value)]`` that differ (``_UNSET`` marks an absent key).
@@ -255,9 +272,23 @@ def changed_keys(recorded: Mapping[str, Any], current: Fingerprint, *, include_i
     for old, new in pairs:
         for key in sorted(set(old) | set(new)):
             a, b = old.get(key, _UNSET), new.get(key, _UNSET)
+            if a is _UNSET and old is recorded.get("keys") and key in LEGACY_DEFAULTS \
+                    and b is not _UNSET and _canon(b) == _canon(LEGACY_DEFAULTS[key]):
+                continue  # added after the run was made, at the value it implicitly had
             if (a is _UNSET) != (b is _UNSET) or _canon(a) != _canon(b):
                 out.append((key, a, b))
     return out
+
+
+def matches(recorded: Mapping[str, Any] | None, current: Fingerprint) -> bool:
+    """Whether outputs with the ``recorded`` fingerprint are what ``current`` would compute: the
+    same hash, or no changed key / input / version (:func:`changed_keys`, which accepts the keys
+    of :data:`LEGACY_DEFAULTS` at their legacy value) and the same ``previous``."""
+    if recorded is None:
+        return False
+    if recorded.get("hash") == current.hash:
+        return True
+    return not changed_keys(recorded, current) and recorded.get("previous") == current.previous
 
 
 def _fmt(v: Any) -> str:

@@ -52,6 +52,7 @@ from wsss.fingerprint import (
     STAGES,
     Fingerprint,
     changed_keys,
+    matches,
     describe_change,
     file_digest,
     read_fingerprint,
@@ -339,14 +340,14 @@ def _decide(cfg: Config, run: Path, fp: Fingerprint, required: list[Path], upstr
         _check_upstream(cfg, run, fp.stage)
     final = read_fingerprint(run, name)
     started = read_fingerprint(run, name, started=True)
-    if final is not None and final["hash"] == fp.hash:
+    if matches(final, fp):
         missing = [p for p in required if not p.exists()]
         if not missing:
             return "skip"
         print(f"[{name}] fingerprint matches but {missing[0]} is missing; computing the missing outputs")
         write_fingerprint(run, fp, "started")
         return "resume"
-    if final is None and started is not None and started["hash"] == fp.hash:
+    if final is None and matches(started, fp):
         return "resume"
     recorded = final if final is not None else started
     has_out = _has_outputs(run, name)
@@ -390,7 +391,7 @@ def _open_stage(cfg: Config, kind: str, *, name: str | None = None, inputs: Mapp
     if dist_info()[1] == 1 and _env_worker():
         # a re-launched DDP process before the process group exists: never decide or delete
         final = read_fingerprint(run, name)
-        return (final is not None and final["hash"] == fp.hash and all(p.exists() for p in required)), fp
+        return (matches(final, fp) and all(p.exists() for p in required)), fp
     decide = lambda: _decide(cfg, run, fp, required, upstream)  # noqa: E731
     decision = _rank0(decide) if collective else decide()
     if decision == "resume":

@@ -58,7 +58,7 @@ import numpy as np
 
 from wsss.config import Config, ConfigError
 from wsss.data.extras import LabelDirSource
-from wsss.fingerprint import Fingerprint, describe_change, read_fingerprint, stage_fingerprint, write_fingerprint
+from wsss.fingerprint import Fingerprint, describe_change, matches, read_fingerprint, stage_fingerprint, write_fingerprint
 from wsss.io import atomic_write_bytes, read_json, write_json
 from wsss.methods import get_method
 from wsss.methods.gslm.model import BoundedCAMGenerator
@@ -333,9 +333,9 @@ def _confidence_stage(cfg: Config, rd: Path, fp: Fingerprint, ids: list[str], ma
     final = read_fingerprint(rd, "confidence")
     started = read_fingerprint(rd, "confidence", started=True)
     complete = all((conf_dir / f"{i}.png").is_file() for i in ids)
-    if final is not None and final["hash"] == fp.hash and complete:
+    if matches(final, fp) and complete:
         return "skip"
-    if (final is not None and final["hash"] == fp.hash) or (final is None and started is not None and started["hash"] == fp.hash):
+    if matches(final, fp) or (final is None and matches(started, fp)):
         decision = "resume"
     else:
         recorded = final if final is not None else started
@@ -515,7 +515,7 @@ def _top_fingerprints(cfg: Config, out: Path, rp: RoundsParams, last: Path) -> N
     train = stage_fingerprint(cfg, "train", inputs={"rounds": rounds_fp})
     infer = stage_fingerprint(cfg, "infer", inputs={"last_round_infer": _fp_hash(last, "infer")}, previous=train.hash)
     rec = read_fingerprint(out, "infer")
-    if (rec is not None and rec["hash"] != infer.hash and not getattr(cfg, "overwrite", False)
+    if (rec is not None and not matches(rec, infer) and not getattr(cfg, "overwrite", False)
             and (out / "metrics" / "seeds.json").is_file()):
         raise ConfigError(f"{out}: the run's CAMs {describe_change(rec, infer)}; re-run with --overwrite or choose "
                           "another --output_dir")
