@@ -558,3 +558,14 @@ def test_build_report_cams_only_and_broken_metrics(tmp_path):
 def test_build_report_missing_run_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         build_report(tmp_path / "nope", FakeLayout())
+
+
+def test_gallery_ids_spread_over_the_split():
+    from wsss.report.html import gallery_ids
+
+    ids = [f"{c}_{n}" for c in range(1, 5) for n in range(6)]  # 4 classes x 6, grouped by class
+    assert gallery_ids(ids, 4) == ["1_0", "2_2", "3_3", "4_5"]  # indices 0, 8, 15, 23
+    assert len({i.split("_")[0] for i in gallery_ids(ids, 4)}) == 4
+    assert gallery_ids(ids, 1) == ["1_0"] and gallery_ids(ids, 0) == [] and gallery_ids([], 3) == []
+    assert gallery_ids(ids[:3], 8) == ids[:3]
+    assert gallery_ids(ids, 2) == ["1_0", "4_5"]

@@ -11,7 +11,8 @@ to bottom like a short report:
    variant (``metrics/segmentation.json["variants"]``: ``single``, ``multiscale``,
    ``multiscale_crf``), all with one decimal, and the protocol in one line (method,
    backbone, crop, epochs, train / eval split, threshold protocol, seed, train time).
-2. **Samples** (gallery) for the first ``num_samples`` dataset ids with a CAM file
+2. **Samples** (gallery) for ``num_samples`` dataset ids with a CAM file, spread evenly over
+   the split's id list (:func:`gallery_ids`: VOC-layout lists are often grouped by class)
    (``<run>/cams/<id>.npz``): image, ground truth, one CAM overlay per class, the seed
    (:func:`wsss.evaluation.seeds.cam_to_seed`), the CRF pseudo mask
    (``<run>/pseudo/<id>.png``), the random-walk pseudo mask (``<run>/pseudo_rw/<id>.png``),
@@ -59,7 +60,7 @@ from wsss.io import atomic_write, read_index_png, read_json, voc_palette
 from wsss.report.overlay import as_rgb, cam_overlay, mask_overlay, panel, png_data_uri, resize_rgb, save_png
 from wsss.report.plots import _num, has_sweep, per_class_bar, rounds_plot, sweep_plot
 
-__all__ = ["build_report", "load_metrics", "format_number", "format_percent", "format_threshold", "format_ratio"]
+__all__ = ["build_report", "gallery_ids", "load_metrics", "format_number", "format_percent", "format_threshold", "format_ratio"]
 
 _STAGE_ORDER = (
     "seeds", "val_seeds", "pseudo", "confident", "pseudo_rw", "val_pseudo_rw", "segmentation", "train_segmentation",
@@ -744,6 +745,20 @@ def _seg_pred_dir(run: Path, split: str) -> Path:
     return run / "segmentation" / "pred" / str(split)
 
 
+def gallery_ids(ids: Sequence[str], k: int) -> list[str]:
+    """``k`` ids evenly spaced over ``ids`` (first and last included, order kept): the gallery
+    then shows several classes of a split whose ids are grouped by class (MSRC's first eight
+    are all flowers). All of ``ids`` when ``k >= len(ids)``; ``[]`` for ``k <= 0``."""
+    ids = list(ids)
+    if k <= 0 or not ids:
+        return []
+    if k >= len(ids):
+        return ids
+    if k == 1:
+        return [ids[0]]
+    return [ids[round(j * (len(ids) - 1) / (k - 1))] for j in range(k)]
+
+
 def _gallery_section(
     run: Path,
     layout: Any,
@@ -759,12 +774,7 @@ def _gallery_section(
         return ""
     if not cam_dir.is_dir():
         return "<h2>Samples</h2><p class=note>No cams/ folder yet.</p>"
-    ids = []
-    for i in layout.ids:
-        if cam_path(cam_dir, i).is_file():
-            ids.append(i)
-            if len(ids) >= num_samples:
-                break
+    ids = gallery_ids([i for i in layout.ids if cam_path(cam_dir, i).is_file()], num_samples)
     if not ids:
         return "<h2>Samples</h2><p class=note>No CAM file matches an id of the dataset.</p>"
     sample_dir = run / "report" / "samples"
@@ -990,8 +1000,8 @@ def build_report(
             with ``ids``, ``class_names`` (index 0 = background), ``image(id) -> uint8 (H, W,
             3)``, ``mask(id) -> uint8 (H, W)``, ``has_masks`` and ``split``); None skips the
             gallery.
-        num_samples: gallery size: the first ``num_samples`` ids of ``layout.ids`` that
-            have a CAM file.
+        num_samples: gallery size: ``num_samples`` ids of ``layout.ids`` that have a CAM file,
+            evenly spaced over them (:func:`gallery_ids`).
         title: page title (default ``"wsss run: <run folder name>"``).
         threshold: background threshold in [0, 1] for the seed overlays; default the
             fixed ``threshold`` of ``metrics/seeds.json`` (no seed overlay if neither).
