@@ -11,9 +11,12 @@ out="$repo/runs/msrc/rw/$name"
 mkdir -p "$repo/runs/msrc/rw" "$repo/benchmarks/logs/rw"
 if [[ ! -e "$out" ]]; then
   cp -al "$cam" "$out"
-  for d in report logs; do  # written by libraries that may not replace files atomically: real copies
+  for d in logs; do  # written by libraries that may not replace files atomically: real copies
     [[ -d "$out/$d" ]] && { rm -rf "$out/$d"; cp -a "$cam/$d" "$out/$d"; }
   done
+  # the CAM run's report shows no random walk: drop it (and its fingerprint) so the variant
+  # writes its own instead of stopping at a report made with affinity.enabled false
+  rm -rf "$out/report" "$out/fingerprints/report.json" "$out/fingerprints/report.started.json"
 fi
 seed=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['seed'])" "$cam/config.json")
 echo "== rw $name from $cam, seed $seed ($(date -u +%H:%M:%S))"
