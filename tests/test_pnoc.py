@@ -597,7 +597,7 @@ class TinyPNOC(PNOCModule):
     def build_net(self):
         return TinyCAM(0)
 
-    def build_classifier(self):
+    def build_classifier(self, bn_mode="frozen"):
         return TinyCAM(1)
 
     def setup(self, stage):  # no checkpoint to load: noc starts from TinyCAM(1)
