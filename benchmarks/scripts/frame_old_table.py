@@ -43,25 +43,30 @@ def main(argv: list[str]) -> int:
     now = {"cam": collect_run(root / "gslm" / "requires" / "seed"), "gslm": collect_run(root / "gslm"),
            "pnoc": collect_run(root / "pnoc"),
            # control: the pre-frame code (f302eb3) on the same OC, seed and recipe (run_pnoc_precode.sh)
-           "pnoc_precode": collect_run(root / "pnoc_precode")}
+           "pnoc_precode": collect_run(root / "pnoc_precode"),
+           # the frame after the noc BatchNorm fix (20db365), same OC (run_frame_old.sh, code 4ae8259)
+           "pnoc_fixed": collect_run(root / "pnoc_fixed")}
+    path = REPO / "benchmarks" / "results" / "frame_old.json"
+    previous = json.loads(path.read_text())["frame"] if path.exists() else {}
     out: dict = {"before": {}, "frame": {}, "delta_vs_cam": {}}
     for name in ("cam", "cam_seed1", "gslm", "pnoc"):
         if name in old:
             out["before"][name] = _row(old[name])
     for name, rec in now.items():
-        out["frame"][name] = _row(rec)
+        # a run directory that is gone (a machine reset) keeps its recorded row
+        out["frame"][name] = _row(rec) if rec is not None else previous.get(name)
     # each method against the CAM run it was trained on / compared with (the old cam row: seed 0)
     for where, cam_name in (("before", "cam"), ("frame", "cam")):
         cam = out[where].get(cam_name)
-        for m in ("gslm", "pnoc", "pnoc_precode"):
+        for m in ("gslm", "pnoc", "pnoc_precode", "pnoc_fixed"):
             rec = out[where].get(m)
             if cam and rec:
                 out["delta_vs_cam"].setdefault(m, {})[where] = {
                     k: round(rec[k] - cam[k], 2) for k in ("seed_miou_fixed", "seed_miou_swept", "pseudo_miou")}
-    (REPO / "benchmarks" / "results" / "frame_old.json").write_text(json.dumps(out, indent=2) + "\n")
+    path.write_text(json.dumps(out, indent=2) + "\n")
     print("| run | when | seed mIoU fixed (thr) | swept | CRF pseudo mIoU | Δ vs its CAM (fixed / swept / CRF) | m_under / m_over | train s |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in ("cam", "cam_seed1", "gslm", "pnoc", "pnoc_precode"):
+    for name in ("cam", "cam_seed1", "gslm", "pnoc", "pnoc_precode", "pnoc_fixed"):
         for where in ("before", "frame"):
             r = out[where].get(name)
             if not r:
@@ -69,7 +74,8 @@ def main(argv: list[str]) -> int:
             d = out["delta_vs_cam"].get(name, {}).get(where)
             dtxt = "–" if d is None else " / ".join(f"{d[k]:+.1f}" for k in ("seed_miou_fixed", "seed_miou_swept", "pseudo_miou"))
             when = ("pre-frame record" if where == "before" else
-                    "pre-frame code f302eb3, the frame run's OC (control)" if name == "pnoc_precode" else "through the frame")
+                    "pre-frame code f302eb3, the frame run's OC (control)" if name == "pnoc_precode" else
+                    "through the frame, noc BatchNorm frozen (20db365), same OC" if name == "pnoc_fixed" else "through the frame")
             print(f"| {name} | {when} | {_fmt(r['seed_miou_fixed'])} ({_fmt(r['threshold_fixed'], 2)}) | "
                   f"{_fmt(r['seed_miou_swept'])} | {_fmt(r['pseudo_miou'])} | {dtxt} | "
                   f"{_fmt(r['m_under'], 2)} / {_fmt(r['m_over'], 2)} | {_fmt(r['train_seconds'], 0)} |")
