@@ -71,6 +71,34 @@ def collect_run(run: Path) -> dict | None:
     }
 
 
+#: one JSON per measured run, so a table can be rebuilt after its run directory is gone (runs/ is
+#: not committed, and a machine reset loses it): benchmarks/results/run_records/<run path under runs/msrc>.json
+RECORDS = REPO / "benchmarks" / "results" / "run_records"
+
+
+def _record_path(run: Path) -> Path:
+    run = Path(run).resolve()
+    root = (REPO / "runs" / "msrc").resolve()
+    rel = run.relative_to(root) if run.is_relative_to(root) else Path(run.name)
+    return RECORDS / (str(rel).replace("/", "__") + ".json")
+
+
+def recorded_run(run: Path) -> dict | None:
+    """``collect_run(run)``, saved as ``results/run_records/<name>.json``; when the directory has no
+    metrics (gone with a machine), the record saved earlier, marked ``"from_record": true``.
+    None when neither exists."""
+    rec = collect_run(Path(run).resolve())
+    path = _record_path(run)
+    if rec is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, rec)
+        return rec
+    saved = _load(path)
+    if saved is not None:
+        saved["from_record"] = True
+    return saved
+
+
 def _f(v, digits=1):
     return "–" if v is None else f"{v:.{digits}f}"
 

@@ -2,7 +2,9 @@
 
     python benchmarks/scripts/msrc_table.py cam=RUN[,RUN...] poc=RUN,RUN,RUN ... [--baseline cam]
 
-Each argument names a method row and its run directories, one per training seed (``runs/msrc/...``).
+Each argument names a method row and its run directories, one per training seed (``runs/msrc/...``);
+a run whose directory is gone is read from its record (``results/run_records/<name>.json``, written by
+``collect.recorded_run`` whenever the run was collected).
 Per row: n seeds, mean ± sample std (ddof 1) of the train seed mIoU at the fixed threshold (chosen
 on val) and swept (an oracle), CRF pseudo-mask mIoU, m_under / m_over, training seconds; the delta
 against the baseline row with the verdict of the 2-sigma rule (``benchmarks/seeds.py``: A beats B
@@ -21,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from collect import collect_run  # noqa: E402
+from collect import recorded_run  # noqa: E402
 from seeds import KEYS, fmt, summarise, verdict  # noqa: E402
 
 #: the paper's seed-mIoU delta over its CAM baseline on VOC 2012 train, and where it is printed
@@ -49,9 +51,10 @@ def main(argv: list[str]) -> int:
         name, runs = spec.split("=", 1)
         members = []
         for r in runs.split(","):
-            rec = collect_run(Path(r).resolve())
+            rec = recorded_run(Path(r))
             if rec is None:
-                print(f"msrc_table: {r}: no metrics/seeds.json (run unfinished?); skipped", file=sys.stderr)
+                print(f"msrc_table: {r}: no metrics/seeds.json and no record in results/run_records (run unfinished?); skipped",
+                      file=sys.stderr)
                 continue
             members.append(rec)
         groups[name] = {"runs": [m["run"] for m in members], "seeds": [m.get("seed") for m in members],
