@@ -4,7 +4,7 @@ plug-in frame against their pre-frame records, on the recipe those records were 
     python benchmarks/scripts/frame_old_table.py [--root runs/msrc/frame_old]
 
 Reads the runs of ``benchmarks/run_frame_old.sh`` (``<root>/gslm``, its dependency
-``<root>/gslm/requires/seed`` = the old-recipe CAM, ``<root>/pnoc``) with ``collect.collect_run``
+``<root>/gslm/requires/seed`` = the old-recipe CAM, ``<root>/pnoc``) with ``collect.recorded_run`` (a run whose directory is gone: its record in ``results/run_records``)
 and the pre-frame records in ``results/msrc-old-recipe.json`` (rows ``cam``, ``cam_seed1``,
 ``gslm``, ``pnoc``; one seed each, 2026-11-22/23). Prints a Markdown table of seed mIoU fixed /
 swept, CRF pseudo mIoU, m_under / m_over and the method's delta over the CAM run it was trained on
@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from collect import collect_run  # noqa: E402
+from collect import recorded_run  # noqa: E402
 
 KEYS = ("seed_miou_fixed", "seed_miou_swept", "pseudo_miou", "m_under", "m_over", "train_seconds")
 
@@ -40,21 +40,20 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     root = Path(args.root)
     old = json.loads((REPO / "benchmarks" / "results" / "msrc-old-recipe.json").read_text())["runs"]
-    now = {"cam": collect_run(root / "gslm" / "requires" / "seed"), "gslm": collect_run(root / "gslm"),
-           "pnoc": collect_run(root / "pnoc"),
+    # recorded_run: a run directory that is gone (a machine reset) is read from its record
+    now = {"cam": recorded_run(root / "gslm" / "requires" / "seed"), "gslm": recorded_run(root / "gslm"),
+           "pnoc": recorded_run(root / "pnoc"),
            # control: the pre-frame code (f302eb3) on the same OC, seed and recipe (run_pnoc_precode.sh)
-           "pnoc_precode": collect_run(root / "pnoc_precode"),
+           "pnoc_precode": recorded_run(root / "pnoc_precode"),
            # the frame after the noc BatchNorm fix (20db365), same OC (run_frame_old.sh, code 4ae8259)
-           "pnoc_fixed": collect_run(root / "pnoc_fixed")}
+           "pnoc_fixed": recorded_run(root / "pnoc_fixed")}
     path = REPO / "benchmarks" / "results" / "frame_old.json"
-    previous = json.loads(path.read_text())["frame"] if path.exists() else {}
     out: dict = {"before": {}, "frame": {}, "delta_vs_cam": {}}
     for name in ("cam", "cam_seed1", "gslm", "pnoc"):
         if name in old:
             out["before"][name] = _row(old[name])
     for name, rec in now.items():
-        # a run directory that is gone (a machine reset) keeps its recorded row
-        out["frame"][name] = _row(rec) if rec is not None else previous.get(name)
+        out["frame"][name] = _row(rec)
     # each method against the CAM run it was trained on / compared with (the old cam row: seed 0)
     for where, cam_name in (("before", "cam"), ("frame", "cam")):
         cam = out[where].get(cam_name)

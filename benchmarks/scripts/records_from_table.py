@@ -5,7 +5,8 @@ were lost with the machine, rebuilt from what was recorded of them.
 
 1. ``results/msrc_seeds.json``: each group keeps, per key, the values of its runs in run order;
    a run's record is those values (``source``: the table). Per-class IoU is not kept there.
-2. Runs measured only in a log (the table had not been remade): the ``[seeds]``, ``[pseudo]``
+2. The runs of ``frame.md`` (``results/frame_old.json``, rows "frame"): each row is the record.
+3. Runs measured only in a log (the table had not been remade): the ``[seeds]``, ``[pseudo]``
    and ``[confident]`` lines, and train seconds summed from the last progress-bar time of each
    epoch (within 0.5 % of ``model.json``'s on the runs that have both). m_under / m_over, precision
    and recall are not in a log: None.
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from collect import RECORDS, _record_path  # noqa: E402
+from wsss.io import write_json  # noqa: E402
 
 #: run directory -> (log, seed) for runs recorded only in their logs
 FROM_LOGS = {
@@ -42,6 +44,15 @@ def from_table() -> dict[str, dict]:
                     vals = summary["values"]
                     rec[key] = vals[i] if summary["n"] == len(g["runs"]) else None
             out[run] = rec
+    return out
+
+
+def from_frame_old() -> dict[str, dict]:
+    rows = json.loads((REPO / "benchmarks" / "results" / "frame_old.json").read_text())["frame"]
+    out = {}
+    for row in rows.values():
+        run, _, note = row["run"].partition(" (")
+        out[run] = {**row, "run": run, "source": "results/frame_old.json" + (f" ({note}" if note else "")}
     return out
 
 
@@ -73,7 +84,7 @@ def from_log(run: str, log: str, seed: int) -> dict:
 
 def main() -> int:
     RECORDS.mkdir(parents=True, exist_ok=True)
-    recs = from_table()
+    recs = {**from_table(), **from_frame_old()}
     for run, (log, seed) in FROM_LOGS.items():
         recs[run] = from_log(run, log, seed)
     for run, rec in recs.items():
@@ -81,7 +92,7 @@ def main() -> int:
         if path.exists():
             print(f"kept {path.relative_to(REPO)}")
             continue
-        path.write_text(json.dumps(rec, indent=1) + "\n")
+        write_json(path, rec)
         print(f"wrote {path.relative_to(REPO)}")
     return 0
 
