@@ -76,6 +76,43 @@ def test_affinity_labels_from_pseudo_masks_with_a_band(run_dir, msrc_root, tmp_p
                  "--affinity.label_source", "nope", "--overwrite"]) != 0
 
 
+def test_random_walk_then_crf_is_the_crf_of_the_walks_masks(run_dir, msrc_root, tmp_path):
+    """random_walk.crf (P-NOC runners/3-rw.sh): pseudo_rw_crf/ = dense CRF of the walk's seed at the
+    val-chosen threshold, for train (the eval split) and val; the walk's own masks are unchanged."""
+    import shutil
+
+    from wsss.data.voc import VOCLayout
+    from wsss.inference.store import cam_path, load_cam
+    from wsss.refine.crf import CRFParams
+    from wsss.refine.pseudo import dense_pseudo_mask
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    walk_only = {p.name: read_index_png(p) for p in (copy / "pseudo_rw").glob("*.png")}
+    crf = "{iterations: 1, gt_prob: 0.9}"
+    assert main(["rw", "--config", CFG, "--data.root", str(msrc_root), "--output_dir", str(copy), *FAST,
+                 "--random_walk.crf", crf, "--overwrite"]) == 0
+    rw = json.loads((copy / "metrics/pseudo_rw.json").read_text())
+    res = json.loads((copy / "metrics/pseudo_rw_crf.json").read_text())
+    val = json.loads((copy / "metrics/val_pseudo_rw_crf.json").read_text())
+    assert res["split"] == "train" and val["split"] == "val" and res["stage"] == "pseudo_rw_crf"
+    assert res["threshold"] == rw["threshold"] == val["threshold"]
+    assert res["crf"]["iterations"] == 1 and res["crf"]["gt_prob"] == 0.9 and 0 <= res["miou"] <= 100
+    assert {p.name: read_index_png(p).tolist() for p in (copy / "pseudo_rw").glob("*.png")} == \
+        {k: v.tolist() for k, v in walk_only.items()}
+    layout = VOCLayout(msrc_root, "train", limit=8)
+    params = CRFParams(iterations=1, gt_prob=0.9)
+    masks = sorted((copy / "pseudo_rw_crf").glob("*.png"))
+    assert len(masks) == 8 and len(list((copy / "val_pseudo_rw_crf").glob("*.png"))) == len(VOCLayout(msrc_root, "val", limit=8).ids)
+    for p in masks[:3]:
+        want = dense_pseudo_mask(np.asarray(layout.image(p.stem)), load_cam(cam_path(copy / "rw", p.stem)), rw["threshold"], params)
+        assert np.array_equal(read_index_png(p), want)
+    # a bad CRF key is a config error naming the key, and writes nothing new
+    assert main(["rw", "--config", CFG, "--data.root", str(msrc_root), "--output_dir", str(copy), *FAST,
+                 "--random_walk.crf", "{iters: 1}", "--overwrite"]) != 0
+    assert len(list((copy / "pseudo_rw_crf").glob("*.png"))) == 8 and (copy / "metrics/pseudo_rw_crf.json").is_file()
+
+
 def test_segmentation_metrics_and_shippable_model(run_dir):
     seg = json.loads((run_dir / "metrics/segmentation.json").read_text())
     assert seg["split"] == "val" and set(seg["variants"]) == {"single", "multiscale", "multiscale_crf"}

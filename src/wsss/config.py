@@ -167,6 +167,9 @@ class RandomWalkConfig:
     threshold_from: str | None = "val"  # background threshold swept on this split, applied unchanged
     sweep: list[float] = field(default_factory=lambda: [0.0, 0.95, 0.01])  # start, stop (inclusive), step
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    # dense CRF on the walk's masks: null = none (IRN make_sem_seg_labels.py); a CRFParams mapping writes
+    # pseudo_rw_crf/ from the walk's scores at the chosen threshold (P-NOC runners/3-rw.sh: {iterations: 1, gt_prob: 0.9})
+    crf: dict | None = None
 
 
 @dataclass

@@ -254,7 +254,8 @@ _OUTPUTS: dict[str, tuple[str, ...]] = {
     "evaluate": ("metrics/seeds.json", "metrics/*_seeds.json"),
     "refine": ("pseudo", "confident", "metrics/pseudo.json", "metrics/confident.json"),
     "affinity": ("affinity", "metrics/affinity_labels.json", "metrics/*_affinity_labels.json"),
-    "rw": ("rw", "pseudo_rw", "metrics/pseudo_rw.json", "metrics/*_pseudo_rw.json"),
+    "rw": ("rw", "pseudo_rw", "pseudo_rw_crf", "*_pseudo_rw_crf", "metrics/pseudo_rw.json", "metrics/*_pseudo_rw.json",
+           "metrics/pseudo_rw_crf.json", "metrics/*_pseudo_rw_crf.json"),
     "segment": ("segmentation", "metrics/segmentation.json", "metrics/*_segmentation.json"),
     "report": ("report",),
 }
@@ -265,7 +266,7 @@ _EVIDENCE: dict[str, tuple[str, ...]] = {
     "evaluate": ("metrics/seeds.json", "metrics/*_seeds.json"),
     "refine": ("pseudo/*.png", "confident/*.png", "metrics/pseudo.json", "metrics/confident.json"),
     "affinity": ("affinity/model.safetensors", "affinity/checkpoints/*.ckpt", "affinity/labels/*.png"),
-    "rw": ("rw/*.npz", "pseudo_rw/*.png", "metrics/pseudo_rw.json"),
+    "rw": ("rw/*.npz", "pseudo_rw/*.png", "pseudo_rw_crf/*.png", "metrics/pseudo_rw.json"),
     "segment": ("segmentation/model.safetensors", "segmentation/checkpoints/*.ckpt", "metrics/segmentation.json"),
     "report": ("report/index.html",),
 }
@@ -995,6 +996,12 @@ def stage_random_walk(cfg: Config) -> dict | None:
     and applied unchanged to the eval split: ``pseudo_rw/<id>.png`` and ``metrics/pseudo_rw.json``
     (same keys as seeds: fixed + swept). Runs when ``affinity.enabled``.
 
+    With ``random_walk.crf`` set (P-NOC runners/3-rw.sh: the walk's masks at the background threshold,
+    then dense CRF with unary from labels), the same threshold's masks are also CRF-refined:
+    ``pseudo_rw_crf/<id>.png`` + ``metrics/pseudo_rw_crf.json`` for the eval split, and
+    ``<split>_pseudo_rw_crf/`` + ``metrics/<split>_pseudo_rw_crf.json`` for ``threshold_from``, so
+    the choice between the two forms can be made on val. IRN runs no CRF after the walk (the default).
+
     Raises:
         ValueError: fingerprint mismatch without overwrite; FileNotFoundError: no boundary network/CAMs.
     """
@@ -1007,6 +1014,7 @@ def stage_random_walk(cfg: Config) -> dict | None:
     if not cfg.affinity.enabled:
         return None
     w = cfg.random_walk
+    crf = _rw_crf_params(cfg)  # a bad random_walk.crf fails here, before any output is replaced
     run = Path(cfg.output_dir)
     out = run / "metrics" / "pseudo_rw.json"
     splits = list(dict.fromkeys([cfg.data.eval_split, *w.splits, *( [w.threshold_from] if w.threshold_from else [])]))
@@ -1044,12 +1052,58 @@ def stage_random_walk(cfg: Config) -> dict | None:
     res = evaluate_seeds(layout, rw_dir, thr, sweep=sweep) if layout.has_masks else {"split": layout.split, "miou": None}
     res.update(stage="pseudo_rw", threshold_source=source, radius=w.radius, beta=w.beta, steps=w.steps,
                boundary=read_json(run / "affinity" / "model.json"), protocol=protocol(cfg))
+    if crf is not None:
+        _rw_crf(cfg, rw_dir, thr, source, crf)
     _timing(cfg, "rw", time.time() - t0)
     write_json(out, res)
     _close_stage(cfg, fp)
     if res.get("miou") is not None:
         _print_summary("pseudo_rw", res)
     return res
+
+
+def _rw_crf_params(cfg: Config):
+    """``random_walk.crf`` as :class:`~wsss.refine.crf.CRFParams` (None when unset).
+
+    Raises:
+        ConfigError: not a mapping, an unknown key or an invalid value.
+    """
+    from wsss.refine.crf import CRFParams
+
+    c = cfg.random_walk.crf
+    if c is None:
+        return None
+    if not isinstance(c, dict):
+        raise ConfigError(f"{cfg.source or 'config'}: random_walk.crf must be null or a mapping of CRF parameters, got {c!r}")
+    try:
+        return CRFParams.from_dict(c)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{cfg.source or 'config'}: random_walk.crf: {exc}") from None
+
+
+def _rw_crf(cfg: Config, rw_dir: Path, threshold: float, source: str, params) -> None:
+    """Dense CRF on the walk's masks at ``threshold`` (``random_walk.crf``), for ``threshold_from`` and
+    the eval split: ``[<split>_]pseudo_rw_crf/`` and ``metrics/[<split>_]pseudo_rw_crf.json``."""
+    from wsss.evaluation.seeds import evaluate_masks
+    from wsss.refine.pseudo import make_pseudo_masks
+
+    w = cfg.random_walk
+    run = Path(cfg.output_dir)
+    for split in dict.fromkeys([s for s in (w.threshold_from, cfg.data.eval_split) if s]):
+        own = split == cfg.data.eval_split
+        name = "pseudo_rw_crf" if own else f"{split}_pseudo_rw_crf"
+        layout = layout_for(cfg, split)
+        make_pseudo_masks(layout, rw_dir, run / name, kind="dense", threshold=threshold, params=params,
+                          workers=cfg.refine.workers)
+        if not layout.has_masks:
+            continue
+        res = evaluate_masks(layout, run / name, threshold=threshold, stage="pseudo_rw_crf")
+        res.update(threshold_source=source, crf=params.to_dict(), protocol=protocol(cfg))
+        write_json(run / "metrics" / f"{name}.json", res)
+        if own:
+            _print_summary("pseudo_rw_crf", res)
+        else:
+            print(f"[pseudo_rw_crf] {split}: mIoU {res['miou']:.2f} at background threshold {threshold:.2f}")
 
 
 def stage_segment(cfg: Config) -> dict | None:

@@ -63,7 +63,8 @@ from wsss.report.plots import _num, has_sweep, per_class_bar, rounds_plot, sweep
 __all__ = ["build_report", "gallery_ids", "load_metrics", "format_number", "format_percent", "format_threshold", "format_ratio"]
 
 _STAGE_ORDER = (
-    "seeds", "val_seeds", "pseudo", "confident", "pseudo_rw", "val_pseudo_rw", "segmentation", "train_segmentation",
+    "seeds", "val_seeds", "pseudo", "confident", "pseudo_rw", "val_pseudo_rw", "pseudo_rw_crf", "val_pseudo_rw_crf",
+    "segmentation", "train_segmentation",
 )
 _SEG_FILES = ("segmentation", "train_segmentation")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -366,6 +367,7 @@ def _seg_source(m: Mapping[str, Any]) -> str | None:
               if isinstance(m.get("protocol"), Mapping) else None):
         if isinstance(d, Mapping) and isinstance(d.get("source"), str):
             return {"pseudo": "CRF pseudo masks", "pseudo_rw": "random-walk pseudo masks",
+                    "pseudo_rw_crf": "random-walk pseudo masks + CRF",
                     "gt": "true masks (fully supervised)"}.get(d["source"], d["source"])
     return None
 
@@ -470,6 +472,10 @@ def _headline_section(metrics: Mapping[str, Any]) -> str:
         if rw.get("coverage") is not None and not _num(rw.get("coverage")) == 100.0:
             bits.append(f"coverage {_e(format_percent(rw['coverage']))}%")
         rows.append(("Pseudo mask, random walk", format_percent(rw["miou"]), " &middot; ".join(b for b in bits if b)))
+    rwc = _m(metrics, "pseudo_rw_crf")
+    if rwc.get("miou") is not None:
+        bits = [_split_note(rwc), f"the walk's masks at its background threshold {_e(format_threshold(rwc.get('threshold')))}, then dense CRF"]
+        rows.append(("Pseudo mask, random walk + CRF", format_percent(rwc["miou"]), " &middot; ".join(b for b in bits if b)))
     for fname in _SEG_FILES:
         seg = _m(metrics, fname)
         variants = _variants(seg)
@@ -783,6 +789,7 @@ def _gallery_section(
     label_dirs = [
         ("pseudo", run / "pseudo", "pseudo mask (CRF)"),
         ("pseudo_rw", run / "pseudo_rw", "pseudo mask (random walk)"),
+        ("pseudo_rw_crf", run / "pseudo_rw_crf", "pseudo mask (random walk + CRF)"),
         ("confident", run / "confident", "confident (void = uncertain)"),
     ]
     if split is not None:

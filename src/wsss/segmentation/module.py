@@ -31,6 +31,7 @@ IGNORE_INDEX = 255
 SOURCES: dict[str, tuple[str | None, str]] = {
     "pseudo": ("pseudo", "pseudo_mask"),  # dense-CRF pseudo masks (refine stage)
     "pseudo_rw": ("pseudo_rw", "pseudo_mask"),  # affinity + random-walk pseudo masks
+    "pseudo_rw_crf": ("pseudo_rw_crf", "pseudo_mask"),  # the walk's masks + dense CRF (random_walk.crf)
     "gt": (None, "mask"),  # ground truth (upper bound)
 }
 
@@ -42,7 +43,8 @@ class SegParams:
     Stage:
         enabled: run the segmentation stage in ``wsss pipeline`` (``wsss segment`` always runs).
         source: training masks: ``"pseudo"`` (CRF pseudo masks, ``<run>/pseudo/``),
-            ``"pseudo_rw"`` (random-walk masks, ``<run>/pseudo_rw/``) or ``"gt"`` (true masks;
+            ``"pseudo_rw"`` (random-walk masks, ``<run>/pseudo_rw/``), ``"pseudo_rw_crf"`` (the same
+            + dense CRF, ``random_walk.crf``) or ``"gt"`` (true masks;
             fully supervised upper bound, issue 11).
         eval_splits: splits scored against ground truth (issue 11: val, and train to compare
             with the pseudo masks).
