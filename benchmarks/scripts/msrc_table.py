@@ -38,6 +38,7 @@ PAPER = {
     "gslm_authors": ("+18.9", "as GSLM (the authors' activation loss)"),
     "gslm_poc": ("+4.2 to +12.5", "GSLM Table 4 on IRN ... AdvCAM seeds"),
     "cpn": ("+9.6", "CPN Table 1, multi-scale: baseline 47.84 -> 57.43"),
+    "cpn_rawcam": ("+9.6", "as CPN (the same networks, scored on the classifier's raw CAM: the MSRC recipe by val)"),
 }
 
 
