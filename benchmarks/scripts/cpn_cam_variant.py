@@ -41,6 +41,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sweep-max", type=float, default=0.9)
     ap.add_argument("--config", default="configs/msrc/cpn.yaml")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides the run was trained with (YAML values), e.g. method.w_cpcr=0 for a Table 2 row")
     args = ap.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
     (out / "fingerprints").mkdir(parents=True, exist_ok=True)
@@ -48,8 +50,11 @@ def main(argv: list[str]) -> int:
         if not (out / f).exists():
             os.link(run / f, out / f)
     shutil.copy(run / "fingerprints" / "train.json", out / "fingerprints" / "train.json")
+    import yaml
+
+    extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     cfg = load_config(args.config, {"output_dir": str(out), "seed": args.seed,
-                                    "evaluation.sweep": [0.0, args.sweep_max, 0.01]})
+                                    "evaluation.sweep": [0.0, args.sweep_max, 0.01], **extra})
     stage_infer(cfg, net_wrapper=partial(set_cam, which=args.cam))
     stage_evaluate(cfg)
     stage_refine(cfg)
