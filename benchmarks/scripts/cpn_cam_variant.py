@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
-from wsss.config import load_config  # noqa: E402
+from wsss.config import load_config, parse_override_args  # noqa: E402
 from wsss.stages import stage_evaluate, stage_infer, stage_refine  # noqa: E402
 
 
@@ -50,9 +50,7 @@ def main(argv: list[str]) -> int:
         if not (out / f).exists():
             os.link(run / f, out / f)
     shutil.copy(run / "fingerprints" / "train.json", out / "fingerprints" / "train.json")
-    import yaml
-
-    extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    extra = parse_override_args([f"--{kv}" for kv in args.set])  # the CLI's own --key=value parsing
     cfg = load_config(args.config, {"output_dir": str(out), "seed": args.seed,
                                     "evaluation.sweep": [0.0, args.sweep_max, 0.01], **extra})
     stage_infer(cfg, net_wrapper=partial(set_cam, which=args.cam))

@@ -53,9 +53,12 @@ def main(argv: list[str]) -> int:
         # a row re-scored with the wider background sweep (``<row>_sw95@s<seed>``: evaluate + refine again with
         # evaluation.sweep [0, 0.95, 0.01], the trained network and CAMs hard-linked) is preferred: with the
         # shared 0-0.6 sweep, over-activated rows stop at its edge
-        wide = REPO / "runs" / "msrc" / pattern.format(seed=a.seed).replace("@", "_sw95@") if "@" in pattern else None
-        run = wide if wide is not None and recorded_run(wide) is not None else REPO / "runs" / "msrc" / pattern.format(seed=a.seed)
-        rec = recorded_run(run)
+        plain = REPO / "runs" / "msrc" / pattern.format(seed=a.seed)
+        wide = plain.with_name(plain.name.replace("@", "_sw95@")) if "@" in plain.name else None
+        rec = recorded_run(wide) if wide is not None else None
+        run = wide if rec is not None else plain
+        if rec is None:
+            rec = recorded_run(plain)
         if rec is None:
             lines.append(f"| {name} | {adds} | {paper:.2f} | | not run | | | | | | | |")
             out[name] = None

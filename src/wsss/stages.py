@@ -1100,10 +1100,7 @@ def _rw_crf(cfg: Config, rw_dir: Path, threshold: float, source: str, params) ->
         res = evaluate_masks(layout, run / name, threshold=threshold, stage="pseudo_rw_crf")
         res.update(threshold_source=source, crf=params.to_dict(), protocol=protocol(cfg))
         write_json(run / "metrics" / f"{name}.json", res)
-        if own:
-            _print_summary("pseudo_rw_crf", res)
-        else:
-            print(f"[pseudo_rw_crf] {split}: mIoU {res['miou']:.2f} at background threshold {threshold:.2f}")
+        _print_summary("pseudo_rw_crf", res)
 
 
 def stage_segment(cfg: Config) -> dict | None:
