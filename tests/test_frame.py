@@ -99,6 +99,29 @@ def test_mismatch_message_names_the_changed_keys():
     assert describe_change(rec, d) == "were made with method.alpha=<unset>, the config says 2"
 
 
+def test_random_walk_crf_is_keyed_by_its_own_stage_and_moved_keys_still_match(tmp_path):
+    """random_walk.crf belongs to the rw_crf stage (changing it re-runs only the CRF after the walk):
+    rw's keys leave it out, rw_crf's and segment's hold it; an rw fingerprint recorded before the
+    move (holding the key) still matches the current rw fingerprint, but a *current* key that is
+    absent from a record still differs."""
+    from wsss.fingerprint import MOVED_KEYS, changed_keys, matches
+
+    assert MOVED_KEYS == {"random_walk.crf": "rw_crf"}
+    cfg = load_config(CFG, {"output_dir": str(tmp_path / "run"), "random_walk.crf": {"iterations": 1}})
+    rw, rw_crf, seg = (stage_keys(cfg, s) for s in ("rw", "rw_crf", "segment"))
+    assert not any(k.startswith("random_walk.crf") for k in rw)
+    assert rw_crf["random_walk.crf.iterations"] == 1 and seg["random_walk.crf.iterations"] == 1
+    assert set(rw_crf) - set(rw) == {"random_walk.crf.iterations"}
+    cur = stage_fingerprint(cfg, "rw")
+    old = cur.to_dict()
+    old["keys"] = {**old["keys"], "random_walk.crf.iterations": 1}  # recorded by the rw stage of an older wsss
+    old["hash"] = Fingerprint("rw", old["keys"]).hash
+    assert changed_keys(old, cur) == [] and matches(old, cur)
+    newer = stage_fingerprint(cfg, "rw_crf")
+    older = {**newer.to_dict(), "keys": {k: v for k, v in newer.keys.items() if not k.startswith("random_walk.crf")}}
+    assert [k for k, *_ in changed_keys(older, newer)] == ["random_walk.crf.iterations"]
+
+
 def test_keys_added_later_match_only_at_their_legacy_value(tmp_path):
     """A run recorded before affinity.label_source / label_band existed (keys absent from its
     fingerprint) is reused when the config holds the value those runs implicitly had, and stops

@@ -89,9 +89,13 @@ def test_random_walk_then_crf_is_the_crf_of_the_walks_masks(run_dir, msrc_root, 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     walk_only = {p.name: read_index_png(p) for p in (copy / "pseudo_rw").glob("*.png")}
+    scores = {p.name: p.stat().st_mtime_ns for p in (copy / "rw").glob("*.npz")}
     crf = "{iterations: 1, gt_prob: 0.9}"
     assert main(["rw", "--config", CFG, "--data.root", str(msrc_root), "--output_dir", str(copy), *FAST,
                  "--random_walk.crf", crf, "--overwrite"]) == 0
+    # its own stage (fingerprints/rw_crf.json): the walk is reused, not re-run
+    assert {p.name: p.stat().st_mtime_ns for p in (copy / "rw").glob("*.npz")} == scores
+    assert json.loads((copy / "fingerprints/rw_crf.json").read_text())["keys"]["random_walk.crf.iterations"] == 1
     rw = json.loads((copy / "metrics/pseudo_rw.json").read_text())
     res = json.loads((copy / "metrics/pseudo_rw_crf.json").read_text())
     val = json.loads((copy / "metrics/val_pseudo_rw_crf.json").read_text())
@@ -111,6 +115,38 @@ def test_random_walk_then_crf_is_the_crf_of_the_walks_masks(run_dir, msrc_root, 
     assert main(["rw", "--config", CFG, "--data.root", str(msrc_root), "--output_dir", str(copy), *FAST,
                  "--random_walk.crf", "{iters: 1}", "--overwrite"]) != 0
     assert len(list((copy / "pseudo_rw_crf").glob("*.png"))) == 8 and (copy / "metrics/pseudo_rw_crf.json").is_file()
+    # back to IRN's default (no CRF after the walk): the CRF masks go, the walk stays
+    assert main(["rw", "--config", CFG, "--data.root", str(msrc_root), "--output_dir", str(copy), *FAST,
+                 "--overwrite"]) == 0
+    assert not (copy / "pseudo_rw_crf").exists() and not (copy / "metrics/pseudo_rw_crf.json").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in (copy / "rw").glob("*.npz")} == scores
+
+
+def test_crf_masks_of_an_older_run_are_adopted_by_the_rw_crf_stage(run_dir, msrc_root, tmp_path):
+    """A run made when the rw stage keyed random_walk.crf and wrote pseudo_rw_crf/ itself (no
+    fingerprints/rw_crf.json) is reused as it is, not refused as outputs without a fingerprint."""
+    import shutil
+
+    from wsss.fingerprint import Fingerprint
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    args = ["rw", "--config", CFG, "--data.root", str(msrc_root), "--output_dir", str(copy), *FAST,
+            "--random_walk.crf", "{iterations: 1}"]
+    assert main([*args, "--overwrite"]) == 0
+    masks = {p.name: p.stat().st_mtime_ns for p in (copy / "pseudo_rw_crf").glob("*.png")}
+    assert len(masks) == 8
+    # make it look like the older layout: rw's fingerprint holds the key, no rw_crf fingerprint
+    rec = json.loads((copy / "fingerprints/rw.json").read_text())
+    rec["keys"]["random_walk.crf.iterations"] = 1
+    rec["hash"] = Fingerprint("rw", rec["keys"], rec["inputs"], rec["previous"], rec["wsss_version"]).hash
+    (copy / "fingerprints/rw.json").write_text(json.dumps(rec))
+    (copy / "fingerprints/rw_crf.json").unlink()
+    assert main(args) == 0  # no --overwrite: reused
+    assert {p.name: p.stat().st_mtime_ns for p in (copy / "pseudo_rw_crf").glob("*.png")} == masks
+    assert json.loads((copy / "fingerprints/rw_crf.json").read_text())["previous"] == rec["hash"]
+    # another CRF than the one recorded is not adopted: the usual one-line refusal
+    assert main([*args[:-1], "{iterations: 2}"]) != 0
 
 
 def test_segmentation_metrics_and_shippable_model(run_dir):

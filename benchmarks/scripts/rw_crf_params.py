@@ -20,11 +20,9 @@ from pathlib import Path
 import yaml
 
 from wsss.config import load_config
-from wsss.evaluation.seeds import evaluate_masks
 from wsss.io import read_json, write_json
 from wsss.refine.crf import CRFParams
-from wsss.refine.pseudo import make_pseudo_masks
-from wsss.stages import layout_for
+from wsss.stages import crf_masks, layout_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,8 +47,9 @@ def main() -> None:
     for split in a.splits:
         layout = layout_for(cfg, split)
         out = Path("/work/scratch/rw_crf") / f"{run.name}_{a.name}" / split
-        make_pseudo_masks(layout, run / a.source, out, kind="dense", threshold=thr, params=params, workers=a.workers)
-        res = evaluate_masks(layout, out, threshold=thr, stage="pseudo_rw_crf", progress=False)
+        res = crf_masks(layout, run / a.source, out, threshold=thr, params=params, workers=a.workers, progress=False)
+        if res is None:
+            raise SystemExit(f"{layout.root}: split {split!r} has no ground-truth masks to score")
         keep = {k: res[k] for k in ("split", "num_images", "threshold", "miou", "precision", "recall", "m_under", "m_over")}
         keep.update(crf=params.to_dict(), run=str(run.relative_to(REPO)) if run.is_relative_to(REPO) else str(run))
         results[f"{run.name}/{a.name}/{split}"] = keep

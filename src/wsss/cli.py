@@ -28,13 +28,14 @@ __all__ = ["main", "STAGES"]
 
 #: stage subcommands -> help text (each runs one :mod:`wsss.pipeline` function)
 STAGES = {
-    "pipeline": "run every stage in order (train, infer, evaluate, refine, [affinity, rw, segment,] report)",
+    "pipeline": "run every stage in order (train, infer, evaluate, refine, [affinity, rw, rw_crf, segment,] report)",
     "train": "train the CAM network of the configured method",
     "infer": "multi-scale + flip CAM inference into <output_dir>/cams/",
     "evaluate": "seed mIoU at the fixed background threshold and swept, into metrics/seeds.json",
     "refine": "dense CRF pseudo masks and confident labels, evaluated (metrics/pseudo.json)",
     "affinity": "affinity labels + IRN boundary network (affinity/), needs cams/",
-    "rw": "random-walk pseudo masks (pseudo_rw/, metrics/pseudo_rw.json), needs affinity/",
+    "rw": "random-walk pseudo masks (pseudo_rw/, metrics/pseudo_rw.json), then random_walk.crf's dense CRF "
+          "(pseudo_rw_crf/) when set; needs affinity/",
     "segment": "DeepLabV3+ on the pseudo masks, evaluated on val (segmentation/, metrics/segmentation.json)",
     "report": "HTML report with metrics, plots and overlays (report/index.html)",
 }
@@ -143,7 +144,7 @@ def _run(argv: list[str]) -> int:
         "evaluate": pipeline.stage_evaluate,
         "refine": pipeline.stage_refine,
         "affinity": pipeline.stage_affinity,
-        "rw": pipeline.stage_random_walk,
+        "rw": lambda c: (pipeline.stage_random_walk(c), pipeline.stage_rw_crf(c)),
         "segment": pipeline.stage_segment,
         "report": pipeline.stage_report,
     }[args.command]

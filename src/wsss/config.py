@@ -168,7 +168,8 @@ class RandomWalkConfig:
     sweep: list[float] = field(default_factory=lambda: [0.0, 0.95, 0.01])  # start, stop (inclusive), step
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
     # dense CRF on the walk's masks: null = none (IRN make_sem_seg_labels.py); a CRFParams mapping writes
-    # pseudo_rw_crf/ from the walk's scores at the chosen threshold (P-NOC runners/3-rw.sh: {iterations: 1, gt_prob: 0.9})
+    # pseudo_rw_crf/ from the walk's scores at the chosen threshold (P-NOC runners/3-rw.sh: {iterations: 1, gt_prob: 0.9});
+    # run by the rw_crf stage (its own fingerprint: changing it re-runs the CRF, not the walk)
     crf: dict | None = None
 
 

@@ -26,8 +26,10 @@ infer                 train + ``inference.*`` except ``channels_last`` / ``batch
 evaluate              infer + ``evaluation.*`` + ``data.eval_split``
 refine                evaluate + ``refine.*`` except ``workers``
 affinity              refine + ``affinity.*`` (affinity labels, boundary network)
-rw                    affinity + ``random_walk.*``
-segment               rw + ``segmentation.*``
+rw                    affinity + ``random_walk.*`` except ``random_walk.crf``
+rw_crf                rw + ``random_walk.crf`` (the dense CRF after the walk; its own stage so
+                      that changing it re-runs only the CRF, not the walk)
+segment               rw_crf + ``segmentation.*``
 report                everything else (``report.*`` and any other section)
 ====================  ========================================================================
 
@@ -35,7 +37,9 @@ report                everything else (``report.*`` and any other section)
 recorded fingerprints. :data:`LEGACY_DEFAULTS` lists each key added since fingerprints exist with
 the value that reproduces the behaviour from before it existed; a recorded fingerprint without
 such a key still matches when the config holds exactly that value (:func:`changed_keys`,
-:func:`matches`). A key whose addition changed behaviour (a bug fix such as
+:func:`matches`). **Keys moved later.** :data:`MOVED_KEYS` lists keys that an earlier wsss keyed in
+an earlier stage than now (``random_walk.crf``: in ``rw`` before the ``rw_crf`` stage existed); a
+recorded fingerprint that still holds such a key, absent from the current one, is not changed by it. A key whose addition changed behaviour (a bug fix such as
 ``method.noc_bn_mode``) is deliberately not listed, so runs made before it do not match.
 
 ``output_dir``, ``source``, ``overwrite``, ``overrides`` and ``requires`` are never keyed
@@ -70,12 +74,13 @@ __all__ = [
     "changed_keys",
     "matches",
     "LEGACY_DEFAULTS",
+    "MOVED_KEYS",
     "describe_change",
     "file_digest",
 ]
 
 #: the stages of a run, in order; each one's keys include all earlier stages' keys
-STAGES: tuple[str, ...] = ("train", "infer", "evaluate", "refine", "affinity", "rw", "segment", "report")
+STAGES: tuple[str, ...] = ("train", "infer", "evaluate", "refine", "affinity", "rw", "rw_crf", "segment", "report")
 
 #: config keys that never enter a fingerprint: where/how a run executes, not what it computes
 EXCLUDED: frozenset[str] = frozenset({
@@ -108,6 +113,8 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _stage_of(key: str) -> str | None:
     if key == "data.eval_split":
         return "evaluate"
+    if key == "random_walk.crf" or key.startswith("random_walk.crf."):
+        return "rw_crf"
     if key in EXCLUDED or any(key.startswith(e + ".") for e in EXCLUDED if "." not in e):
         return None
     top = key.split(".", 1)[0]
@@ -257,6 +264,16 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "affinity.label_band": 0,  # 72a75e2: only read with label_source pseudo
 }
 
+#: keys (or key prefixes) keyed by a later stage than when runs with fingerprints were first made ->
+#: the stage that keys them now; a recorded fingerprint of an earlier stage may still hold them
+MOVED_KEYS: dict[str, str] = {
+    "random_walk.crf": "rw_crf",  # keyed by rw until the rw_crf stage existed
+}
+
+
+def _moved(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in MOVED_KEYS)
+
 
 def changed_keys(recorded: Mapping[str, Any], current: Fingerprint, *, include_inputs: bool = True) -> list[tuple[str, Any, Any]]:
     """``[(key, recorded value, current value)]`` that differ (``_UNSET`` marks an absent key).
@@ -275,6 +292,8 @@ def changed_keys(recorded: Mapping[str, Any], current: Fingerprint, *, include_i
             if a is _UNSET and old is recorded.get("keys") and key in LEGACY_DEFAULTS \
                     and b is not _UNSET and _canon(b) == _canon(LEGACY_DEFAULTS[key]):
                 continue  # added after the run was made, at the value it implicitly had
+            if b is _UNSET and old is recorded.get("keys") and _moved(key):
+                continue  # keyed by a later stage now (MOVED_KEYS), checked there
             if (a is _UNSET) != (b is _UNSET) or _canon(a) != _canon(b):
                 out.append((key, a, b))
     return out

@@ -2,7 +2,9 @@
 
     requires (other runs, found by fingerprint or run first)
       -> train -> infer (cams/<id>.npz) -> evaluate (metrics/seeds.json)
-      -> refine (pseudo/<id>.png, confident/<id>.png, metrics/pseudo.json) -> report
+      -> refine (pseudo/<id>.png, confident/<id>.png, metrics/pseudo.json)
+      [-> affinity -> rw (pseudo_rw/) -> rw_crf (pseudo_rw_crf/) -> segment]  (affinity.enabled)
+      -> report
 
 The stages live in :mod:`wsss.stages` (re-exported here for compatibility); each records a
 fingerprint of the config keys it depends on and reuses, resumes, recomputes (``overwrite``)
@@ -33,6 +35,7 @@ from wsss.stages import (
     barrier,
     stage_affinity,
     stage_random_walk,
+    stage_rw_crf,
     stage_segment,
     dist_info,
     fixed_threshold,
@@ -60,6 +63,7 @@ __all__ = [
     "stage_report",
     "stage_affinity",
     "stage_random_walk",
+    "stage_rw_crf",
     "stage_segment",
     "layout_for",
     "protocol",
@@ -192,6 +196,8 @@ def run_pipeline(cfg: Config, *, _stack: tuple[str, ...] = ()) -> dict:
     seeds = stage_evaluate(cfg)
     pseudo = stage_refine(cfg)
     rw = stage_random_walk(cfg) if stage_affinity(cfg) is not None else None
+    if rw is not None:
+        stage_rw_crf(cfg)
     seg = stage_segment(cfg)
     stage_report(cfg)
     return {"seeds": seeds, "pseudo": pseudo, "pseudo_rw": rw, "segmentation": seg}

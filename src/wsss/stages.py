@@ -4,6 +4,10 @@
     infer -> cams/<id>.npz                                        (fingerprints/infer.json)
     evaluate -> metrics/seeds.json, metrics/<split>_seeds.json    (fingerprints/evaluate.json)
     refine -> pseudo/, confident/, metrics/pseudo.json, ...        (fingerprints/refine.json)
+    [affinity -> affinity/ (boundary network, labels)              (fingerprints/affinity.json)
+     rw -> rw/<id>.npz, pseudo_rw/, metrics/pseudo_rw.json         (fingerprints/rw.json)
+     rw_crf -> pseudo_rw_crf/, metrics/pseudo_rw_crf.json          (fingerprints/rw_crf.json)
+     segment -> segmentation/, metrics/segmentation.json]          (fingerprints/segment.json)
     report -> report/index.html                                   (fingerprints/report.json)
 
 **Fingerprints** (see :mod:`wsss.fingerprint`). Before working, a stage writes
@@ -74,6 +78,8 @@ __all__ = [
     "stage_report",
     "stage_affinity",
     "stage_random_walk",
+    "stage_rw_crf",
+    "crf_masks",
     "stage_segment",
     "affinity_thresholds",
     "load_boundary_net",
@@ -254,8 +260,8 @@ _OUTPUTS: dict[str, tuple[str, ...]] = {
     "evaluate": ("metrics/seeds.json", "metrics/*_seeds.json"),
     "refine": ("pseudo", "confident", "metrics/pseudo.json", "metrics/confident.json"),
     "affinity": ("affinity", "metrics/affinity_labels.json", "metrics/*_affinity_labels.json"),
-    "rw": ("rw", "pseudo_rw", "pseudo_rw_crf", "*_pseudo_rw_crf", "metrics/pseudo_rw.json", "metrics/*_pseudo_rw.json",
-           "metrics/pseudo_rw_crf.json", "metrics/*_pseudo_rw_crf.json"),
+    "rw": ("rw", "pseudo_rw", "metrics/pseudo_rw.json", "metrics/*_pseudo_rw.json"),
+    "rw_crf": ("pseudo_rw_crf", "*_pseudo_rw_crf", "metrics/pseudo_rw_crf.json", "metrics/*_pseudo_rw_crf.json"),
     "segment": ("segmentation", "metrics/segmentation.json", "metrics/*_segmentation.json"),
     "report": ("report",),
 }
@@ -266,7 +272,8 @@ _EVIDENCE: dict[str, tuple[str, ...]] = {
     "evaluate": ("metrics/seeds.json", "metrics/*_seeds.json"),
     "refine": ("pseudo/*.png", "confident/*.png", "metrics/pseudo.json", "metrics/confident.json"),
     "affinity": ("affinity/model.safetensors", "affinity/checkpoints/*.ckpt", "affinity/labels/*.png"),
-    "rw": ("rw/*.npz", "pseudo_rw/*.png", "pseudo_rw_crf/*.png", "metrics/pseudo_rw.json"),
+    "rw": ("rw/*.npz", "pseudo_rw/*.png", "metrics/pseudo_rw.json"),
+    "rw_crf": ("pseudo_rw_crf/*.png", "*_pseudo_rw_crf/*.png", "metrics/pseudo_rw_crf.json"),
     "segment": ("segmentation/model.safetensors", "segmentation/checkpoints/*.ckpt", "metrics/segmentation.json"),
     "report": ("report/index.html",),
 }
@@ -994,13 +1001,8 @@ def stage_random_walk(cfg: Config) -> dict | None:
     """Random-walk pseudo masks (IRN): ``rw/<id>.npz`` scores for ``random_walk.splits``, the
     background threshold swept on ``random_walk.threshold_from`` (``metrics/<split>_pseudo_rw.json``)
     and applied unchanged to the eval split: ``pseudo_rw/<id>.png`` and ``metrics/pseudo_rw.json``
-    (same keys as seeds: fixed + swept). Runs when ``affinity.enabled``.
-
-    With ``random_walk.crf`` set (P-NOC runners/3-rw.sh: the walk's masks at the background threshold,
-    then dense CRF with unary from labels), the same threshold's masks are also CRF-refined:
-    ``pseudo_rw_crf/<id>.png`` + ``metrics/pseudo_rw_crf.json`` for the eval split, and
-    ``<split>_pseudo_rw_crf/`` + ``metrics/<split>_pseudo_rw_crf.json`` for ``threshold_from``, so
-    the choice between the two forms can be made on val. IRN runs no CRF after the walk (the default).
+    (same keys as seeds: fixed + swept). Runs when ``affinity.enabled``. The dense CRF after the walk
+    (``random_walk.crf``) is the next stage, :func:`stage_rw_crf`.
 
     Raises:
         ValueError: fingerprint mismatch without overwrite; FileNotFoundError: no boundary network/CAMs.
@@ -1014,7 +1016,7 @@ def stage_random_walk(cfg: Config) -> dict | None:
     if not cfg.affinity.enabled:
         return None
     w = cfg.random_walk
-    crf = _rw_crf_params(cfg)  # a bad random_walk.crf fails here, before any output is replaced
+    _rw_crf_params(cfg)  # a bad random_walk.crf fails before the walk, not after it
     run = Path(cfg.output_dir)
     out = run / "metrics" / "pseudo_rw.json"
     splits = list(dict.fromkeys([cfg.data.eval_split, *w.splits, *( [w.threshold_from] if w.threshold_from else [])]))
@@ -1049,11 +1051,10 @@ def stage_random_walk(cfg: Config) -> dict | None:
     masks.mkdir(parents=True, exist_ok=True)
     for image_id in layout.ids:
         save_palette_png(masks / f"{image_id}.png", cam_to_seed(load_cam(cam_path(rw_dir, image_id)), thr))
-    res = evaluate_seeds(layout, rw_dir, thr, sweep=sweep) if layout.has_masks else {"split": layout.split, "miou": None}
+    res = (evaluate_seeds(layout, rw_dir, thr, sweep=sweep) if layout.has_masks
+           else {"split": layout.split, "miou": None, "threshold": thr})
     res.update(stage="pseudo_rw", threshold_source=source, radius=w.radius, beta=w.beta, steps=w.steps,
                boundary=read_json(run / "affinity" / "model.json"), protocol=protocol(cfg))
-    if crf is not None:
-        _rw_crf(cfg, rw_dir, thr, source, crf)
     _timing(cfg, "rw", time.time() - t0)
     write_json(out, res)
     _close_stage(cfg, fp)
@@ -1081,26 +1082,117 @@ def _rw_crf_params(cfg: Config):
         raise ConfigError(f"{cfg.source or 'config'}: random_walk.crf: {exc}") from None
 
 
-def _rw_crf(cfg: Config, rw_dir: Path, threshold: float, source: str, params) -> None:
-    """Dense CRF on the walk's masks at ``threshold`` (``random_walk.crf``), for ``threshold_from`` and
-    the eval split: ``[<split>_]pseudo_rw_crf/`` and ``metrics/[<split>_]pseudo_rw_crf.json``."""
+def crf_masks(layout: VOCLayout, score_dir: Path, out_dir: Path, *, threshold: float, params, workers: int = 1,
+              stage: str = "pseudo_rw_crf", progress: bool = True) -> dict | None:
+    """Dense-CRF masks of one split from stored scores, scored against the ground truth.
+
+    Args:
+        layout: the split (its ids; its masks, when it has them, for the score).
+        score_dir: ``<id>.npz`` score maps (CAMs or random-walk scores, :mod:`wsss.inference.store`).
+        out_dir: where ``<id>.png`` (VOC palette, 0 = background, 255 never) go; created.
+        threshold: background threshold in [0, 1] applied to the scores before the CRF.
+        params: :class:`~wsss.refine.crf.CRFParams`.
+        workers: CRF processes.
+        stage: name recorded in the result.
+
+    Returns:
+        the :func:`~wsss.evaluation.seeds.evaluate_masks` dict (mIoU in %), or None when the split
+        has no masks.
+
+    Raises:
+        FileNotFoundError: a score file is missing; ImportError: pydensecrf2 not installed.
+    """
     from wsss.evaluation.seeds import evaluate_masks
     from wsss.refine.pseudo import make_pseudo_masks
 
-    w = cfg.random_walk
+    make_pseudo_masks(layout, score_dir, out_dir, kind="dense", threshold=threshold, params=params, workers=workers)
+    if not layout.has_masks:
+        return None
+    return evaluate_masks(layout, out_dir, threshold=threshold, stage=stage, progress=progress)
+
+
+def _adopt_legacy_rw_crf(cfg: Config, run: Path) -> None:
+    """Runs made before the rw_crf stage existed keyed ``random_walk.crf`` in ``rw`` and wrote the
+    CRF masks there: when those masks exist without an ``rw_crf`` fingerprint and the recorded ``rw``
+    fingerprint holds the config's ``random_walk.crf``, record them as this stage's outputs."""
+    if read_fingerprint(run, "rw_crf") is not None or read_fingerprint(run, "rw_crf", started=True) is not None:
+        return
+    rw = read_fingerprint(run, "rw")
+    if rw is None or not _has_outputs(run, "rw_crf"):
+        return
+    keys = rw.get("keys") or {}
+    old = {k: v for k, v in keys.items() if k == "random_walk.crf" or k.startswith("random_walk.crf.")}
+    cur = {k: v for k, v in stage_keys(cfg, "rw_crf").items() if k == "random_walk.crf" or k.startswith("random_walk.crf.")}
+    same = not changed_keys({"keys": old, "wsss_version": wsss.__version__}, Fingerprint(stage="rw_crf", keys=cur),
+                            include_inputs=False)
+    if not old or not same:
+        return
+    write_fingerprint(run, stage_fingerprint(cfg, "rw_crf", previous=rw["hash"]), "done")
+    print(f"[rw_crf] {run}: CRF masks made by the rw stage of an older wsss with the same random_walk.crf; adopted")
+
+
+def stage_rw_crf(cfg: Config) -> dict | None:
+    """Dense CRF after the random walk (``random_walk.crf``; P-NOC runners/3-rw.sh: the walk's masks
+    at its background threshold, then dense CRF with the unary from labels; IRN runs none, the
+    default ``null``): ``pseudo_rw_crf/<id>.png`` + ``metrics/pseudo_rw_crf.json`` for the eval split
+    and ``<split>_pseudo_rw_crf/`` + ``metrics/<split>_pseudo_rw_crf.json`` for
+    ``random_walk.threshold_from``, at the threshold the walk chose (``metrics/pseudo_rw.json``), so
+    the choice between the walk's masks and these can be made on val.
+
+    A stage of its own (fingerprint ``rw_crf``: the rw keys + ``random_walk.crf``), so changing the
+    CRF re-runs only the CRF. With ``random_walk.crf: null`` it records its fingerprint and writes
+    nothing. Runs when ``affinity.enabled``.
+
+    Returns:
+        the eval split's metrics dict; ``{}`` without a CRF (or masks); None when affinity is off
+        or on a worker rank.
+
+    Raises:
+        ConfigError: bad ``random_walk.crf``; ValueError: fingerprint mismatch without overwrite;
+        FileNotFoundError: no random-walk scores (run the rw stage first).
+    """
+    if not cfg.affinity.enabled or is_worker_rank():
+        return None
+    crf = _rw_crf_params(cfg)  # a bad random_walk.crf fails here, before any output is replaced
     run = Path(cfg.output_dir)
+    rw_metrics = run / "metrics" / "pseudo_rw.json"
+    if not rw_metrics.is_file():
+        raise FileNotFoundError(f"{rw_metrics}: no random-walk results (run the rw stage first)")
+    _adopt_legacy_rw_crf(cfg, run)
+    out = run / "metrics" / "pseudo_rw_crf.json"
+    layout = layout_for(cfg, cfg.data.eval_split)
+    required = [run / "pseudo_rw_crf"] + ([out] if layout.has_masks else [])
+    skip, fp = _open_stage(cfg, "rw_crf", required=required if crf is not None else [], collective=False)
+    if skip:
+        if crf is None or not out.is_file():
+            return {}
+        res = read_json(out)
+        print("[rw_crf] the rw_crf fingerprint matches the config; reusing pseudo_rw_crf/")
+        _print_summary("pseudo_rw_crf", res)
+        return res
+    if crf is None:
+        _close_stage(cfg, fp)
+        return {}
+    t0 = time.time()
+    walk = read_json(rw_metrics)
+    thr, source = float(walk["threshold"]), str(walk.get("threshold_source", "config"))
+    w = cfg.random_walk
+    head: dict = {}
     for split in dict.fromkeys([s for s in (w.threshold_from, cfg.data.eval_split) if s]):
         own = split == cfg.data.eval_split
         name = "pseudo_rw_crf" if own else f"{split}_pseudo_rw_crf"
-        layout = layout_for(cfg, split)
-        make_pseudo_masks(layout, rw_dir, run / name, kind="dense", threshold=threshold, params=params,
-                          workers=cfg.refine.workers)
-        if not layout.has_masks:
+        res = crf_masks(layout_for(cfg, split), run / "rw", run / name, threshold=thr, params=crf,
+                        workers=cfg.refine.workers)
+        if res is None:
             continue
-        res = evaluate_masks(layout, run / name, threshold=threshold, stage="pseudo_rw_crf")
-        res.update(threshold_source=source, crf=params.to_dict(), protocol=protocol(cfg))
+        res.update(threshold_source=source, crf=crf.to_dict(), protocol=protocol(cfg))
         write_json(run / "metrics" / f"{name}.json", res)
         _print_summary("pseudo_rw_crf", res)
+        if own:
+            head = res
+    _timing(cfg, "rw_crf", time.time() - t0)
+    _close_stage(cfg, fp)
+    return head
 
 
 def stage_segment(cfg: Config) -> dict | None:
