@@ -2,7 +2,9 @@
 # Random-walk pseudo masks of an existing CAM run with one affinity variant (issue 10), without
 # touching that run: its directory is hard-linked (stages write atomically, so the originals are
 # never modified) and the pipeline reuses every stage up to refine by fingerprint.
-#   bash benchmarks/run_rw_variant.sh CODE_DIR CAM_RUN NAME [overrides...]
+#   [CONFIG=occse.yaml] bash benchmarks/run_rw_variant.sh CODE_DIR CAM_RUN NAME [overrides...]
+# CONFIG: the configs/msrc/ file CAM_RUN was made with (default cam.yaml), e.g. occse.yaml for the
+# walk on another method's CAMs (issue 10, item 2); its dependency runs inside CAM_RUN/requires are reused.
 # Output runs/msrc/rw/<NAME>, log benchmarks/logs/rw/<NAME>.log
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,7 +23,7 @@ fi
 seed=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['seed'])" "$cam/config.json")
 echo "== rw $name from $cam, seed $seed ($(date -u +%H:%M:%S))"
 s=$(date +%s)
-(cd "$code" && PYTHONPATH="$code/src" "$repo/.venv/bin/wsss" pipeline --config configs/msrc/cam.yaml --seed "$seed" \
+(cd "$code" && PYTHONPATH="$code/src" "$repo/.venv/bin/wsss" pipeline --config "configs/msrc/${CONFIG:-cam.yaml}" --seed "$seed" \
    --output_dir "$out" --affinity.enabled true "$@") > "$repo/benchmarks/logs/rw/$name.log" 2>&1 || echo "   FAILED: $(grep -E 'wsss: error' "$repo/benchmarks/logs/rw/$name.log" | tail -1)"
 echo "   done in $(( $(date +%s) - s )) s"
 grep -E '^\[(pseudo|pseudo_rw|affinity_labels)\]' "$repo/benchmarks/logs/rw/$name.log" | tail -3 || true

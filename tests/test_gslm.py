@@ -492,3 +492,25 @@ def test_gslm_plus_on_pseudo_masks_with_relu_k_inference(glm_run, tmp_path):
     assert infer["inputs"]["net_wrapper"] == "wsss.methods.gslm.model.BoundedCAMGenerator(k=6.0)"
     r0 = read_json(out / "metrics" / "rounds.json")["rounds"][0]
     assert r0["miou"] == pytest.approx(read_json(src / "metrics" / "pseudo.json")["miou"])
+
+
+def test_rounds_run_the_random_walk_on_their_own_cams(glm_run, tmp_path):
+    """The rounds recipe ends like the plain pipeline: with affinity.enabled the boundary network is
+    trained from the last round's CAMs and the walk writes pseudo_rw/ (issue 10: the walk on any
+    method's CAMs, e.g. GSLM's)."""
+    from wsss.io import read_json
+    from wsss.recipes.rounds import run_rounds
+
+    src, over, _ = glm_run
+    out = tmp_path / "rw"
+    res = run_rounds(load_config(None, {
+        **over, "output_dir": str(out), "affinity.enabled": True, "affinity.epochs": 1,
+        "affinity.sweep_fg": [0.3], "affinity.sweep_bg": [0.05], "random_walk.steps": 8,
+        "method": {"name": "gslm", "rounds": 1, "epochs_per_round": 1, "seed_source": str(src / "round_0")}}))
+    rw = read_json(out / "metrics" / "pseudo_rw.json")
+    assert res["pseudo_rw"]["miou"] == rw["miou"] and 0 <= rw["miou"] <= 100 and rw["num_images"] == 4
+    assert sorted(p.stem for p in (out / "pseudo_rw").glob("*.png")) == sorted(MIXED["train"])
+    assert sorted(p.stem for p in (out / "rw").glob("*.npz")) == sorted(MIXED["train"] + MIXED["val"])
+    # the walk ran on the run's own (last round's) CAMs, under the run's fingerprint chain
+    assert read_json(out / "fingerprints" / "affinity.json")["previous"] == read_json(out / "fingerprints" / "refine.json")["hash"]
+    assert read_json(out / "metrics" / "timing.json")["after_refine"] > 0

@@ -37,6 +37,7 @@ from wsss.stages import (
     stage_random_walk,
     stage_rw_crf,
     stage_segment,
+    stages_after_refine,
     dist_info,
     fixed_threshold,
     is_worker_rank,
@@ -195,9 +196,6 @@ def run_pipeline(cfg: Config, *, _stack: tuple[str, ...] = ()) -> dict:
         return {}
     seeds = stage_evaluate(cfg)
     pseudo = stage_refine(cfg)
-    rw = stage_random_walk(cfg) if stage_affinity(cfg) is not None else None
-    if rw is not None:
-        stage_rw_crf(cfg)
-    seg = stage_segment(cfg)
+    after = stages_after_refine(cfg)
     stage_report(cfg)
-    return {"seeds": seeds, "pseudo": pseudo, "pseudo_rw": rw, "segmentation": seg}
+    return {"seeds": seeds, "pseudo": pseudo, "pseudo_rw": after["pseudo_rw"], "segmentation": after["segmentation"]}

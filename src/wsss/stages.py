@@ -79,6 +79,7 @@ __all__ = [
     "stage_affinity",
     "stage_random_walk",
     "stage_rw_crf",
+    "stages_after_refine",
     "crf_masks",
     "stage_segment",
     "affinity_thresholds",
@@ -1193,6 +1194,24 @@ def stage_rw_crf(cfg: Config) -> dict | None:
     _timing(cfg, "rw_crf", time.time() - t0)
     _close_stage(cfg, fp)
     return head
+
+
+def stages_after_refine(cfg: Config) -> dict:
+    """The stages after refine, each when its config asks: affinity -> rw -> rw_crf
+    (``affinity.enabled``), then segment (``segmentation.enabled``). Shared by the plain pipeline
+    and the multi-round recipes, so the random walk and the segmentation network run on any
+    method's CAMs.
+
+    Returns:
+        ``{"pseudo_rw": <metrics/pseudo_rw.json> or None, "pseudo_rw_crf": dict or None,
+        "segmentation": <metrics/segmentation.json> or None}``.
+
+    Raises:
+        as the stages.
+    """
+    rw = stage_random_walk(cfg) if stage_affinity(cfg) is not None else None
+    rw_crf = stage_rw_crf(cfg) if rw is not None else None
+    return {"pseudo_rw": rw, "pseudo_rw_crf": rw_crf, "segmentation": stage_segment(cfg)}
 
 
 def stage_segment(cfg: Config) -> dict | None:

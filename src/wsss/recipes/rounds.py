@@ -9,7 +9,8 @@
                     init_weights=<round r-1's weights>); stage_infer (net_wrapper = ReLU-k bound
                     when relu_k_inference); stage_evaluate
     the run         the last round's cams/ + model.safetensors (hard links), then stage_evaluate,
-                    stage_refine, metrics/rounds.json, figures/rounds.png, stage_report
+                    stage_refine, stages_after_refine (affinity, random walk, segmentation when
+                    enabled), metrics/rounds.json, figures/rounds.png, stage_report
 
 Run layout (``<out>`` = ``cfg.output_dir``)::
 
@@ -72,6 +73,7 @@ from wsss.stages import (
     stage_refine,
     stage_report,
     stage_train,
+    stages_after_refine,
 )
 
 __all__ = [
@@ -691,6 +693,10 @@ def run_rounds(cfg: Config) -> dict:
     t = time.time()
     pseudo = stage_refine(cfg_top)
     timing["refine"] = time.time() - t
+    t = time.time()
+    after = stages_after_refine(cfg_top)  # affinity + random walk + segmentation, when the config asks
+    if any(v is not None for v in after.values()):
+        timing["after_refine"] = time.time() - t
     stage_times: dict[str, Any] = {k: round(v, 1) for k, v in timing.items()}
     stage_times["total"] = round(time.time() - t_start, 1)
     stage_times["resumed"] = bool(resumed)  # True: some training was done by an earlier call (times partial)
@@ -699,7 +705,7 @@ def run_rounds(cfg: Config) -> dict:
     _write_rounds(out, cfg_top, mp, rp, rounds, init_desc, pseudo=pseudo, timing=stage_times)
     atomic_write_bytes(out / "figures" / "rounds.png", rounds_figure(rounds, title=f"GSLM on {source_desc}"))
     stage_report(cfg_top)
-    return {"rounds": rounds, "seeds": seeds, "pseudo": pseudo}
+    return {"rounds": rounds, "seeds": seeds, "pseudo": pseudo, **after}
 
 
 def _write_rounds(out: Path, cfg: Config, mp: Any, rp: RoundsParams, rounds: list[dict], init_desc: str, *,
