@@ -468,3 +468,17 @@ def test_channels_last_callback_converts_module_and_image_batch():
     assert batch["mask"].is_contiguous() and batch["label"].is_contiguous()  # only float 4-D tensors change
     ref = torch.nn.functional.conv2d(batch["image"].contiguous(), net.weight.contiguous(), net.bias)
     assert torch.allclose(net(batch["image"]), ref, atol=1e-5)  # same math up to rounding
+
+
+def test_dependencies_get_the_parents_overrides_except_its_own_and_the_stages_after_refine(tmp_path):
+    """A dependency run (requires) is made with the parent's command-line overrides, so that it is
+    the same recipe, but never with the parent's identity or its post-refine sections: the parent
+    uses the dependency's weights, CAMs or pseudo masks, not its walk or segmentation network."""
+    from wsss.pipeline import _dependency_overrides
+
+    over = {"optim.lr": 0.01, "data.root": "/x", "seed": 2, "output_dir": str(tmp_path), "method.alpha": 0.3,
+            "requires.seed": "cam.yaml", "overwrite": True, "affinity.enabled": True, "random_walk.crf": {},
+            "segmentation.enabled": True}
+    cfg = load_config(CFG, {k: v for k, v in over.items() if not k.startswith("requires")})
+    cfg.overrides = over
+    assert _dependency_overrides(cfg) == {"optim.lr": 0.01, "data.root": "/x", "seed": 2}

@@ -13,8 +13,9 @@ sets ``recipe = "rounds"`` is run by ``wsss.recipes.rounds.run_rounds`` instead 
 sequence (table :data:`RECIPES`, imported lazily).
 
 **Dependencies.** A config may name other runs it needs: ``requires: {oc: configs/msrc/cam.yaml}``.
-Each one is loaded with the parent's command-line overrides (minus ``output_dir``, ``method.*``
-and ``requires.*``, which belong to the parent), written to its own ``output_dir`` - or to
+Each one is loaded with the parent's command-line overrides (minus ``output_dir``, ``method.*``,
+``requires.*`` and the sections of the stages after refine, ``affinity.*``, ``random_walk.*``,
+``segmentation.*``, which belong to the parent), written to its own ``output_dir`` - or to
 ``<parent output_dir>/requires/<name>`` when the parent's ``output_dir`` was given on the command
 line - and run (every stage whose fingerprint matches is reused, so a finished dependency costs
 nothing). The method class's ``requires_map`` then says which method parameter receives the
@@ -76,8 +77,11 @@ __all__ = [
 #: recipe name (a method class's ``recipe``) -> ``"module:function"`` taking the config, returning a dict
 RECIPES: dict[str, str] = {"rounds": "wsss.recipes.rounds:run_rounds"}
 
-#: command-line overrides that are the parent's own and never passed to a dependency
-_PARENT_ONLY = ("output_dir", "method", "requires", "overwrite")
+#: command-line overrides that are the parent's own and never passed to a dependency: besides where
+#: and what the parent is, the stages after refine (a parent uses a dependency's weights, CAMs or CRF
+#: pseudo masks, never its walk or segmentation network; ``--affinity.enabled true`` on GSLM would
+#: otherwise train a boundary network and run the walk on the CAM run it starts from as well)
+_PARENT_ONLY = ("output_dir", "method", "requires", "overwrite", "affinity", "random_walk", "segmentation")
 
 
 def _resolve_config_path(path: str, parent: Config) -> Path:
