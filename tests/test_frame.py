@@ -130,6 +130,7 @@ def test_keys_added_later_match_only_at_their_legacy_value(tmp_path):
     from wsss.fingerprint import LEGACY_DEFAULTS, changed_keys, matches
 
     assert LEGACY_DEFAULTS["affinity.label_source"] == "confident" and LEGACY_DEFAULTS["affinity.label_band"] == 0
+    assert "random_walk.crf" in LEGACY_DEFAULTS and LEGACY_DEFAULTS["random_walk.crf"] is None
     cfg = load_config(CFG, {"output_dir": str(tmp_path / "run")})
     cur = stage_fingerprint(cfg, "report")
     old = cur.to_dict()

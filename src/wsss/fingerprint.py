@@ -262,6 +262,7 @@ _UNSET = object()
 LEGACY_DEFAULTS: dict[str, Any] = {
     "affinity.label_source": "confident",  # 72a75e2: IRN's confident labels were the only source
     "affinity.label_band": 0,  # 72a75e2: only read with label_source pseudo
+    "random_walk.crf": None,  # c3c50ec: no CRF after the walk was the only behaviour
 }
 
 #: keys (or key prefixes) keyed by a later stage than when runs with fingerprints were first made ->
