@@ -483,3 +483,39 @@ def test_dependencies_get_the_parents_overrides_except_its_own_and_the_stages_af
     cfg = load_config(CFG, {k: v for k, v in over.items() if not k.startswith("requires")})
     cfg.overrides = over
     assert _dependency_overrides(cfg) == {"optim.lr": 0.01, "data.root": "/x", "seed": 2}
+
+
+def test_a_run_copied_with_its_dependency_is_reused_where_it_lands(tiny, tmp_path, needs_cam, capsys):
+    """Fingerprints key the absolute path a dependency gives the method (method.cam_weights =
+    <run>/requires/cam/model.safetensors); a copy of the whole run elsewhere matches all the same
+    (the path is at the same place relative to the run: fingerprint ``run_dir``), while pointing
+    the method at a file elsewhere still differs."""
+    import shutil
+
+    from wsss.fingerprint import Fingerprint, changed_keys
+    from wsss.pipeline import run_pipeline
+
+    def parent_cfg(out: Path):
+        over = {**tiny, "data.limit": 2, "data.batch_size": 2, "evaluation.threshold_from": None,
+                "refine.enabled": False, "output_dir": str(out)}
+        parent_yaml = tmp_path / "parent.yaml"
+        parent_yaml.write_text(CFG.read_text())
+        cfg = load_config(parent_yaml, {**over, "method": {"name": "needs_cam"}})
+        cfg.requires = {"cam": str(CFG)}
+        cfg.overrides = over
+        return cfg
+
+    first = tmp_path / "first"
+    run_pipeline(parent_cfg(first))
+    assert read_json(first / "fingerprints/train.json")["run_dir"] == str(first)
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(first, moved)
+    inodes = {p: (moved / p).stat().st_ino for p in ("model.safetensors", "requires/cam/model.safetensors")}
+    capsys.readouterr()
+    run_pipeline(parent_cfg(moved))  # would stop with "method.cam_weights=<first>/..., the config says <moved>/..."
+    assert {p: (moved / p).stat().st_ino for p in inodes} == inodes  # nothing retrained
+    assert "skipping training" in capsys.readouterr().out
+    rec = read_json(moved / "fingerprints/train.json")
+    elsewhere = Fingerprint("train", {**rec["keys"], "method.cam_weights": str(tmp_path / "other/model.safetensors")},
+                            run_dir=str(moved))
+    assert [k for k, *_ in changed_keys(rec, elsewhere, include_inputs=False)] == ["method.cam_weights"]

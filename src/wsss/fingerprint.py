@@ -42,6 +42,13 @@ an earlier stage than now (``random_walk.crf``: in ``rw`` before the ``rw_crf`` 
 recorded fingerprint that still holds such a key, absent from the current one, is not changed by it. A key whose addition changed behaviour (a bug fix such as
 ``method.noc_bn_mode``) is deliberately not listed, so runs made before it do not match.
 
+**Moved runs.** A fingerprint file also records ``run_dir``, the absolute run directory it was
+written in (not hashed). An absolute path value that differs from the recorded one still matches
+when both lie at the same place relative to their runs (``<old run>/requires/seed`` against
+``<new run>/requires/seed``), so a run copied or moved with its dependencies is reused; a path
+that moved relative to its run (another dependency) still differs. Records written before
+``run_dir`` existed compare paths as they are.
+
 ``output_dir``, ``source``, ``overwrite``, ``overrides`` and ``requires`` are never keyed
 (a dependency enters through its run's fingerprint in ``inputs``). ``data.root`` is keyed as
 an absolute path.
@@ -55,6 +62,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -177,6 +185,8 @@ class Fingerprint:
         inputs: non-config inputs -> JSON values.
         previous: hash (64 hex chars) of the preceding stage's recorded fingerprint, or None.
         version: the wsss version.
+        run_dir: absolute run directory the outputs live in (recorded, never hashed: see "Moved
+            runs" in the module docstring), or None.
     """
 
     stage: str
@@ -185,6 +195,7 @@ class Fingerprint:
     previous: str | None = None
     version: str = wsss.__version__
     name: str = ""
+    run_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.name = self.name or self.stage
@@ -200,8 +211,11 @@ class Fingerprint:
 
     def to_dict(self, status: str = "done") -> dict[str, Any]:
         """The JSON stored in ``fingerprints/<name>.json`` (``status``: started | done)."""
-        return {"stage": self.stage, "name": self.name, "status": status, "hash": self.hash,
-                "wsss_version": self.version, "previous": self.previous, "keys": self.keys, "inputs": self.inputs}
+        out = {"stage": self.stage, "name": self.name, "status": status, "hash": self.hash,
+               "wsss_version": self.version, "previous": self.previous, "keys": self.keys, "inputs": self.inputs}
+        if self.run_dir is not None:
+            out["run_dir"] = self.run_dir
+        return out
 
 
 def stage_fingerprint(cfg: Any, stage: str, *, inputs: Mapping[str, Any] | None = None,
@@ -211,8 +225,9 @@ def stage_fingerprint(cfg: Any, stage: str, *, inputs: Mapping[str, Any] | None 
     Raises:
         ValueError: unknown stage.
     """
+    out_dir = getattr(cfg, "output_dir", None)
     return Fingerprint(stage=stage, keys=stage_keys(cfg, stage), inputs=dict(inputs or {}), previous=previous,
-                       name=name or stage)
+                       name=name or stage, run_dir=os.path.abspath(str(out_dir)) if out_dir else None)
 
 
 def fingerprint_path(run_dir: str | Path, name: str, started: bool = False) -> Path:
@@ -276,11 +291,21 @@ def _moved(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in MOVED_KEYS)
 
 
+def _same_place(a: Any, b: Any, a_run: str | None, b_run: str | None) -> bool:
+    """Two absolute path strings at the same place relative to their run directories."""
+    if not (a_run and b_run and isinstance(a, str) and isinstance(b, str) and os.path.isabs(a) and os.path.isabs(b)):
+        return False
+    return os.path.relpath(a, a_run) == os.path.relpath(b, b_run)
+
+
 def changed_keys(recorded: Mapping[str, Any], current: Fingerprint, *, include_inputs: bool = True) -> list[tuple[str, Any, Any]]:
     """``[(key, recorded value, current value)]`` that differ (``_UNSET`` marks an absent key).
 
-    Order: ``wsss_version``, then config keys, then inputs (``inputs.`` prefix dropped).
+    Absolute paths at the same place relative to ``recorded["run_dir"]`` and ``current.run_dir``
+    do not differ (a moved run, see the module docstring). Order: ``wsss_version``, then config
+    keys, then inputs (``inputs.`` prefix dropped).
     """
+    rec_run = recorded.get("run_dir")
     out: list[tuple[str, Any, Any]] = []
     if recorded.get("wsss_version") != current.version:
         out.append(("wsss_version", recorded.get("wsss_version", _UNSET), current.version))
@@ -296,6 +321,8 @@ def changed_keys(recorded: Mapping[str, Any], current: Fingerprint, *, include_i
             if b is _UNSET and old is recorded.get("keys") and _moved(key):
                 continue  # keyed by a later stage now (MOVED_KEYS), checked there
             if (a is _UNSET) != (b is _UNSET) or _canon(a) != _canon(b):
+                if _same_place(a, b, rec_run, current.run_dir):
+                    continue  # the run was moved or copied with it
                 out.append((key, a, b))
     return out
 

@@ -335,7 +335,7 @@ def _check_upstream(cfg: Config, run: Path, kind: str) -> None:
         rec = read_fingerprint(run, s)
         if rec is None:
             continue
-        cur = Fingerprint(stage=s, keys=stage_keys(cfg, s))
+        cur = Fingerprint(stage=s, keys=stage_keys(cfg, s), run_dir=os.path.abspath(str(run)))
         if changed_keys(rec, cur, include_inputs=False):
             why = describe_change(rec, cur, include_inputs=False)
             raise ConfigError(f"{run}: outputs of stage '{s}' {why}; re-run the pipeline with --overwrite or choose another --output_dir")

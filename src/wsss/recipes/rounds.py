@@ -315,7 +315,8 @@ def _confidence_fingerprint(cfg: Config, rp: RoundsParams, source: dict) -> Fing
         "method.crf": rp.crf_params().to_dict(),
         "method.conflict": rp.conflict,
     }
-    return Fingerprint(stage="refine", keys=keys, inputs=dict(source), name="confidence")
+    return Fingerprint(stage="refine", keys=keys, inputs=dict(source), name="confidence",
+                       run_dir=os.path.abspath(str(cfg.output_dir)))
 
 
 def _source_identity(kind: str, folder: Path, fp_hash: str | None) -> dict:
