@@ -120,6 +120,11 @@ def test_random_walk_crf_is_keyed_by_its_own_stage_and_moved_keys_still_match(tm
     newer = stage_fingerprint(cfg, "rw_crf")
     older = {**newer.to_dict(), "keys": {k: v for k, v in newer.keys.items() if not k.startswith("random_walk.crf")}}
     assert [k for k, *_ in changed_keys(older, newer)] == ["random_walk.crf.iterations"]
+    # back to no CRF (null, also the key's legacy default) after a CRF was recorded: a change, not
+    # a legacy or moved key (the stage keys the family, and the record holds it as a mapping)
+    none = stage_fingerprint(load_config(CFG, {"output_dir": str(tmp_path / "run")}), "rw_crf")
+    assert none.keys["random_walk.crf"] is None
+    assert {k for k, *_ in changed_keys(newer.to_dict(), none)} == {"random_walk.crf", "random_walk.crf.iterations"}
 
 
 def test_keys_added_later_match_only_at_their_legacy_value(tmp_path):

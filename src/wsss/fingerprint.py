@@ -287,8 +287,14 @@ MOVED_KEYS: dict[str, str] = {
 }
 
 
-def _moved(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in MOVED_KEYS)
+def _family(key: str, keys: Mapping[str, Any]) -> bool:
+    """Whether ``keys`` holds ``key`` itself or a key below it (a mapping flattened: ``key.x``)."""
+    return any(k == key or k.startswith(key + ".") for k in keys)
+
+
+def _moved(key: str, current_keys: Mapping[str, Any]) -> bool:
+    """``key`` belongs to a moved family that the current stage does not key at all."""
+    return any((key == k or key.startswith(k + ".")) and not _family(k, current_keys) for k in MOVED_KEYS)
 
 
 def _same_place(a: Any, b: Any, a_run: str | None, b_run: str | None) -> bool:
@@ -316,9 +322,10 @@ def changed_keys(recorded: Mapping[str, Any], current: Fingerprint, *, include_i
         for key in sorted(set(old) | set(new)):
             a, b = old.get(key, _UNSET), new.get(key, _UNSET)
             if a is _UNSET and old is recorded.get("keys") and key in LEGACY_DEFAULTS \
-                    and b is not _UNSET and _canon(b) == _canon(LEGACY_DEFAULTS[key]):
+                    and b is not _UNSET and _canon(b) == _canon(LEGACY_DEFAULTS[key]) \
+                    and not any(k.startswith(key + ".") for k in old):
                 continue  # added after the run was made, at the value it implicitly had
-            if b is _UNSET and old is recorded.get("keys") and _moved(key):
+            if b is _UNSET and old is recorded.get("keys") and _moved(key, new):
                 continue  # keyed by a later stage now (MOVED_KEYS), checked there
             if (a is _UNSET) != (b is _UNSET) or _canon(a) != _canon(b):
                 if _same_place(a, b, rec_run, current.run_dir):
