@@ -83,6 +83,7 @@ __all__ = [
     "matches",
     "LEGACY_DEFAULTS",
     "MOVED_KEYS",
+    "key_family",
     "describe_change",
     "file_digest",
 ]
@@ -118,10 +119,21 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _under(key: str, prefix: str) -> bool:
+    """``key`` is ``prefix`` itself or a key below it (a mapping flattened: ``prefix.x``)."""
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def key_family(prefix: str, keys: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of flattened ``keys`` at ``prefix`` or below it (``random_walk.crf`` and
+    ``random_walk.crf.iterations`` for ``prefix="random_walk.crf"``)."""
+    return {k: v for k, v in keys.items() if _under(k, prefix)}
+
+
 def _stage_of(key: str) -> str | None:
     if key == "data.eval_split":
         return "evaluate"
-    if key == "random_walk.crf" or key.startswith("random_walk.crf."):
+    if _under(key, "random_walk.crf"):
         return "rw_crf"
     if key in EXCLUDED or any(key.startswith(e + ".") for e in EXCLUDED if "." not in e):
         return None
@@ -287,14 +299,9 @@ MOVED_KEYS: dict[str, str] = {
 }
 
 
-def _family(key: str, keys: Mapping[str, Any]) -> bool:
-    """Whether ``keys`` holds ``key`` itself or a key below it (a mapping flattened: ``key.x``)."""
-    return any(k == key or k.startswith(key + ".") for k in keys)
-
-
 def _moved(key: str, current_keys: Mapping[str, Any]) -> bool:
     """``key`` belongs to a moved family that the current stage does not key at all."""
-    return any((key == k or key.startswith(k + ".")) and not _family(k, current_keys) for k in MOVED_KEYS)
+    return any(_under(key, k) and not key_family(k, current_keys) for k in MOVED_KEYS)
 
 
 def _same_place(a: Any, b: Any, a_run: str | None, b_run: str | None) -> bool:
@@ -323,7 +330,7 @@ def changed_keys(recorded: Mapping[str, Any], current: Fingerprint, *, include_i
             a, b = old.get(key, _UNSET), new.get(key, _UNSET)
             if a is _UNSET and old is recorded.get("keys") and key in LEGACY_DEFAULTS \
                     and b is not _UNSET and _canon(b) == _canon(LEGACY_DEFAULTS[key]) \
-                    and not any(k.startswith(key + ".") for k in old):
+                    and not key_family(key, old):
                 continue  # added after the run was made, at the value it implicitly had
             if b is _UNSET and old is recorded.get("keys") and _moved(key, new):
                 continue  # keyed by a later stage now (MOVED_KEYS), checked there

@@ -59,6 +59,7 @@ from wsss.fingerprint import (
     matches,
     describe_change,
     file_digest,
+    key_family,
     read_fingerprint,
     remove_fingerprint,
     stage_fingerprint,
@@ -335,7 +336,7 @@ def _check_upstream(cfg: Config, run: Path, kind: str) -> None:
         rec = read_fingerprint(run, s)
         if rec is None:
             continue
-        cur = Fingerprint(stage=s, keys=stage_keys(cfg, s), run_dir=os.path.abspath(str(run)))
+        cur = stage_fingerprint(cfg, s)
         if changed_keys(rec, cur, include_inputs=False):
             why = describe_change(rec, cur, include_inputs=False)
             raise ConfigError(f"{run}: outputs of stage '{s}' {why}; re-run the pipeline with --overwrite or choose another --output_dir")
@@ -1121,9 +1122,8 @@ def _adopt_legacy_rw_crf(cfg: Config, run: Path) -> None:
     rw = read_fingerprint(run, "rw")
     if rw is None or not _has_outputs(run, "rw_crf"):
         return
-    keys = rw.get("keys") or {}
-    old = {k: v for k, v in keys.items() if k == "random_walk.crf" or k.startswith("random_walk.crf.")}
-    cur = {k: v for k, v in stage_keys(cfg, "rw_crf").items() if k == "random_walk.crf" or k.startswith("random_walk.crf.")}
+    old = key_family("random_walk.crf", rw.get("keys") or {})
+    cur = key_family("random_walk.crf", stage_keys(cfg, "rw_crf"))
     same = not changed_keys({"keys": old, "wsss_version": wsss.__version__}, Fingerprint(stage="rw_crf", keys=cur),
                             include_inputs=False)
     if not old or not same:
@@ -1161,8 +1161,9 @@ def stage_rw_crf(cfg: Config) -> dict | None:
         raise FileNotFoundError(f"{rw_metrics}: no random-walk results (run the rw stage first)")
     _adopt_legacy_rw_crf(cfg, run)
     out = run / "metrics" / "pseudo_rw_crf.json"
-    layout = layout_for(cfg, cfg.data.eval_split)
-    required = [run / "pseudo_rw_crf"] + ([out] if layout.has_masks else [])
+    w = cfg.random_walk
+    layouts = {s: layout_for(cfg, s) for s in dict.fromkeys([s for s in (w.threshold_from, cfg.data.eval_split) if s])}
+    required = [run / "pseudo_rw_crf"] + ([out] if layouts[cfg.data.eval_split].has_masks else [])
     skip, fp = _open_stage(cfg, "rw_crf", required=required if crf is not None else [], collective=False)
     if skip:
         if crf is None or not out.is_file():
@@ -1177,12 +1178,11 @@ def stage_rw_crf(cfg: Config) -> dict | None:
     t0 = time.time()
     walk = read_json(rw_metrics)
     thr, source = float(walk["threshold"]), str(walk.get("threshold_source", "config"))
-    w = cfg.random_walk
     head: dict = {}
-    for split in dict.fromkeys([s for s in (w.threshold_from, cfg.data.eval_split) if s]):
+    for split, layout in layouts.items():
         own = split == cfg.data.eval_split
         name = "pseudo_rw_crf" if own else f"{split}_pseudo_rw_crf"
-        res = crf_masks(layout_for(cfg, split), run / "rw", run / name, threshold=thr, params=crf,
+        res = crf_masks(layout, run / "rw", run / name, threshold=thr, params=crf,
                         workers=cfg.refine.workers)
         if res is None:
             continue
