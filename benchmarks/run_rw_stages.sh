@@ -12,14 +12,8 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 code="$1"; src="$(realpath "$2")"; name="$3"; config="$4"; shift 4
-out="$repo/runs/msrc/rw/$name"
-mkdir -p "$repo/runs/msrc/rw" "$repo/benchmarks/logs/rw"
-if [[ ! -e "$out" ]]; then
-  cp -al "$src" "$out"
-  rm -rf "$out/report" "$out/fingerprints/report.json" "$out/fingerprints/report.started.json"
-fi
-seed=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['seed'])" "$src/config.json")
-log="$repo/benchmarks/logs/rw/$name.log"
+source "$repo/benchmarks/rw_common.sh"
+rw_prepare "$src" "$name"
 echo "== rw stages $name from $src, seed $seed ($(date -u +%H:%M:%S))"
 s=$(date +%s)
 : > "$log"

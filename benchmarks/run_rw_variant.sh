@@ -9,21 +9,11 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 code="$1"; cam="$(realpath "$2")"; name="$3"; shift 3
-out="$repo/runs/msrc/rw/$name"
-mkdir -p "$repo/runs/msrc/rw" "$repo/benchmarks/logs/rw"
-if [[ ! -e "$out" ]]; then
-  cp -al "$cam" "$out"
-  for d in logs; do  # written by libraries that may not replace files atomically: real copies
-    [[ -d "$out/$d" ]] && { rm -rf "$out/$d"; cp -a "$cam/$d" "$out/$d"; }
-  done
-  # the CAM run's report shows no random walk: drop it (and its fingerprint) so the variant
-  # writes its own instead of stopping at a report made with affinity.enabled false
-  rm -rf "$out/report" "$out/fingerprints/report.json" "$out/fingerprints/report.started.json"
-fi
-seed=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['seed'])" "$cam/config.json")
+source "$repo/benchmarks/rw_common.sh"
+rw_prepare "$cam" "$name"
 echo "== rw $name from $cam, seed $seed ($(date -u +%H:%M:%S))"
 s=$(date +%s)
 (cd "$code" && PYTHONPATH="$code/src" "$repo/.venv/bin/wsss" pipeline --config "configs/msrc/${CONFIG:-cam.yaml}" --seed "$seed" \
-   --output_dir "$out" --affinity.enabled true "$@") > "$repo/benchmarks/logs/rw/$name.log" 2>&1 || echo "   FAILED: $(grep -E 'wsss: error' "$repo/benchmarks/logs/rw/$name.log" | tail -1)"
+   --output_dir "$out" --affinity.enabled true "$@") > "$log" 2>&1 || echo "   FAILED: $(grep -E 'wsss: error' "$log" | tail -1)"
 echo "   done in $(( $(date +%s) - s )) s"
-grep -E '^\[(pseudo|pseudo_rw|affinity_labels)\]' "$repo/benchmarks/logs/rw/$name.log" | tail -3 || true
+grep -E '^\[(pseudo|pseudo_rw|affinity_labels)\]' "$log" | tail -3 || true
