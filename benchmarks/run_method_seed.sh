@@ -3,6 +3,8 @@
 # of the same seed as its dependency (requires: oc / seed) when that run's fingerprint matches.
 #   [RUN_NAME=variant] bash benchmarks/run_method_seed.sh CODE_DIR METHOD SEED CAM_RUN_DIR [overrides...]
 # CAM_RUN_DIR "-": the method needs no CAM run (CPN), or let its requires: train one
+# GSLM+ (gslm_occse, gslm_poc): pass the GLM run instead, e.g. runs/msrc/occse@s<SEED> (its own requires/
+# come with it; the CAM-config adoption then reports a difference and writes nothing, as it should)
 # Output: runs/msrc/<NAME>@s<SEED>, log benchmarks/logs/methods/<NAME>@s<SEED>.log, where NAME is RUN_NAME
 # (an ablation variant with overrides, e.g. RUN_NAME=cpn_no_prcm ... --method.prcm_form none) or METHOD
 set -euo pipefail

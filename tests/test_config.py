@@ -251,8 +251,10 @@ def test_shipped_values(monkeypatch):
     assert gslm_poc.requires == {"seed": "configs/msrc/poc.yaml"} and gslm_poc.refine.confident is False
     assert gslm_poc.method["epochs_per_round"] == 5 and gslm_poc.output_dir == "runs/msrc/gslm_poc"
     assert load_config("configs/msrc/gslm_pnoc.yaml").requires == {"seed": "configs/msrc/pnoc.yaml"}
+    gslm_occse = load_config("configs/msrc/gslm_occse.yaml")
+    assert gslm_occse.requires == {"seed": "configs/msrc/occse.yaml"} and gslm_occse.method == gslm_poc.method
     # everything but the method, requires, output_dir (and GSLM's confident labels) equals the base
-    for name in ("puzzle", "occse", "poc", "pnoc", "gslm", "gslm_poc", "gslm_pnoc"):
+    for name in ("puzzle", "occse", "poc", "pnoc", "gslm", "gslm_poc", "gslm_pnoc", "gslm_occse"):
         d = load_config(f"configs/msrc/{name}.yaml").to_dict()
         base = cam.to_dict()
         for k in ("method", "requires", "output_dir", "source", "refine"):

@@ -37,6 +37,8 @@ PAPER = {
     "gslm": ("+18.9", "GSLM Table 4, ResNet-50: CAM 48.6 -> 67.5"),
     "gslm_authors": ("+18.9", "as GSLM (the authors' activation loss)"),
     "gslm_poc": ("+4.2 to +12.5", "GSLM Table 4 on IRN ... AdvCAM seeds"),
+    "gslm_occse": ("+4.2 to +12.5", "GSLM Table 4 on IRN ... AdvCAM seeds (OC-CSE is not in it)"),
+    "gslm_occse_authors": ("+4.2 to +12.5", "as GSLM+ on OC-CSE (the authors' activation loss)"),
     "cpn": ("+9.6", "CPN Table 1, multi-scale: baseline 47.84 -> 57.43"),
     "cpn_rawcam": ("+9.6", "as CPN (the same networks, scored on the classifier's raw CAM: the MSRC recipe by val)"),
 }
