@@ -1,4 +1,7 @@
-"""Diagnostic: random walk on val CAMs with (a) GT-edge oracle boundaries, (b) the trained boundary net."""
+"""Diagnostic: random walk on a split's CAMs with (a) GT-edge oracle boundaries, (b) the trained boundary net.
+
+    python rw_oracle_val.py RUN oracle|net OUT_DIR [SPLIT (default val)]
+"""
 import sys, numpy as np, torch, torch.nn.functional as F
 torch.set_num_threads(1)
 from pathlib import Path
@@ -7,7 +10,8 @@ from wsss.inference.store import load_cam, cam_path, save_cam, CamRecord
 from wsss.refine.random_walk import random_walk
 from wsss.evaluation.seeds import evaluate_seeds
 run = Path(sys.argv[1]); mode = sys.argv[2]; out = Path(sys.argv[3]); out.mkdir(parents=True, exist_ok=True)
-lay = VOCLayout("../shared/data/msrc21-voc", "val")
+split = sys.argv[4] if len(sys.argv) > 4 else "val"
+lay = VOCLayout("../shared/data/msrc21-voc", split)
 stats=[]
 for i in lay.ids:
     rec = load_cam(cam_path(run/"cams", i)); h, w = rec.size
@@ -20,7 +24,7 @@ for i in lay.ids:
         e[:-1] = torch.maximum(e[:-1], (m[1:]!=m[:-1]).float()); e[:, :-1] = torch.maximum(e[:, :-1], (m[:,1:]!=m[:,:-1]).float())
         b = F.max_pool2d(e[None,None], 4, 4, ceil_mode=True)[0,0][:hh,:ww]
     else:
-        b = torch.load(run/"affinity"/"val_boundary"/f"{i}.pt", weights_only=True)
+        b = torch.load(run/"affinity"/f"{split}_boundary"/f"{i}.pt", weights_only=True)
     stats.append((b.mean().item(), b.max().item()))
     rw = random_walk(cams, b, radius=5, beta=10, steps=256)
     up = F.interpolate(rw[None], scale_factor=4, mode="bilinear", align_corners=False)[0, :, :h, :w]
