@@ -135,7 +135,7 @@ def _stage_of(key: str) -> str | None:
         return "evaluate"
     if _under(key, "random_walk.crf"):
         return "rw_crf"
-    if key in EXCLUDED or any(key.startswith(e + ".") for e in EXCLUDED if "." not in e):
+    if key in EXCLUDED or any(_under(key, e) for e in EXCLUDED if "." not in e):
         return None
     top = key.split(".", 1)[0]
     if top in _TRAIN_SECTIONS:
