@@ -4,7 +4,7 @@
 #   [RUN_NAME=variant] bash benchmarks/run_method_seed.sh CODE_DIR METHOD SEED CAM_RUN_DIR [overrides...]
 # CAM_RUN_DIR "-": the method needs no CAM run (CPN), or let its requires: train one
 # GSLM+ (gslm_occse, gslm_poc): pass the GLM run instead, e.g. runs/msrc/occse@s<SEED> (its own requires/
-# come with it; the CAM-config adoption then reports a difference and writes nothing, as it should)
+# come with it; being fingerprinted, it is linked as is, without the CAM-config adoption)
 # Output: runs/msrc/<NAME>@s<SEED>, log benchmarks/logs/methods/<NAME>@s<SEED>.log, where NAME is RUN_NAME
 # (an ablation variant with overrides, e.g. RUN_NAME=cpn_no_prcm ... --method.prcm_form none) or METHOD
 set -euo pipefail
@@ -17,6 +17,8 @@ mkdir -p "$repo/benchmarks/logs/methods" "$out/requires"
 for dep in oc seed; do  # the dependency names the MSRC configs use for the CAM baseline
   if [[ "$cam" != "-" && ! -e "$out/requires/$dep" ]]; then
     cp -al "$cam" "$out/requires/$dep"
+    # a run wsss fingerprinted itself (every run since 2026-11-24, and every GSLM+ GLM run) needs no adoption
+    if compgen -G "$cam/fingerprints/*.json" > /dev/null; then continue; fi
     # CAM runs made before wsss wrote fingerprints: record them after checking config.json key by key
     (cd "$code" && PYTHONPATH="$code/src" "$repo/.venv/bin/python" "$repo/benchmarks/scripts/adopt_run.py" "$out/requires/$dep" \
        --config configs/msrc/cam.yaml --seed "$seed" --legacy-bn-mode batch_stats) || echo "   (adopt failed: the dependency will be recomputed or refused)"
