@@ -203,6 +203,23 @@ def test_evaluate_seeds_hand_computed(tmp_path):
     json.dumps(r)
 
 
+def test_sweep_edge_warning_names_the_end(tmp_path):
+    # the image of test_evaluate_seeds_hand_computed: mIoU 62.5 / 41.7 / 66.7 / 41.7 at 0.10 / 0.15 / 0.20 / 0.50
+    from wsss.evaluation.seeds import sweep_edge_warning
+
+    layout = SynthLayout({"im": np.array([[0, 1, 1], [0, 1, 255]], np.uint8)}, ["background", "thing"], "val")
+    save_cam(cam_path(tmp_path, "im"), _record([1], [[[0.1, 0.5, 0.9], [0.2, 0.15, 0.0]]]))
+    inside = evaluate_seeds(layout, tmp_path, 0.15, sweep=[0.1, 0.15, 0.2, 0.5], progress=False)
+    assert sweep_edge_warning(inside, "the val sweep") is None
+    upper = evaluate_seeds(layout, tmp_path, 0.15, sweep=[0.1, 0.15, 0.2], progress=False)
+    w = sweep_edge_warning(upper, "the val sweep")
+    assert w is not None and "(0.20)" in w and "upper end" in w and "[0.10, 0.20]" in w and "evaluation.sweep" in w
+    lower = evaluate_seeds(layout, tmp_path, 0.15, sweep=[0.2, 0.3, 0.5], progress=False)
+    assert "lower end" in sweep_edge_warning(lower, "the val sweep")
+    # two thresholds are too few to call an end
+    assert sweep_edge_warning(evaluate_seeds(layout, tmp_path, 0.15, sweep=[0.15, 0.2], progress=False), "x") is None
+
+
 def _synthetic_split(tmp_path, n=5, seed=0):
     rng = np.random.default_rng(seed)
     masks, c = {}, 3

@@ -617,7 +617,7 @@ def fixed_threshold(cfg: Config, cam_dir: Path | None = None) -> tuple[float, st
     Returns:
         ``(threshold in [0, 1], "config" | "best of the sweep on <split>")``.
     """
-    from wsss.evaluation.seeds import best_threshold, evaluate_seeds
+    from wsss.evaluation.seeds import best_threshold, evaluate_seeds, sweep_edge_warning
 
     src = cfg.evaluation.threshold_from
     if not src:
@@ -630,6 +630,9 @@ def fixed_threshold(cfg: Config, cam_dir: Path | None = None) -> tuple[float, st
         res = evaluate_seeds(layout_for(cfg, src), cam_dir, cfg.evaluation.threshold, sweep=_sweep(cfg))
         res["protocol"] = protocol(cfg)
         write_json(path, res)
+        warning = sweep_edge_warning(res, f"the {src} sweep")
+        if warning:
+            print(f"[evaluate] warning: {warning}")
     return float(best_threshold(res)), f"best of the sweep on {src}"
 
 
@@ -647,7 +650,7 @@ def stage_evaluate(cfg: Config, cam_dir: Path | None = None, name: str = "seeds"
     Raises:
         ValueError: fingerprint mismatch without overwrite; FileNotFoundError: missing CAMs.
     """
-    from wsss.evaluation.seeds import evaluate_seeds
+    from wsss.evaluation.seeds import evaluate_seeds, sweep_edge_warning
 
     if is_worker_rank():
         return {}
@@ -668,6 +671,9 @@ def stage_evaluate(cfg: Config, cam_dir: Path | None = None, name: str = "seeds"
     thr, source = fixed_threshold(cfg, cam_dir)
     res = evaluate_seeds(layout_for(cfg, cfg.data.eval_split), cam_dir, thr, sweep=_sweep(cfg))
     res["threshold_source"] = source
+    warning = sweep_edge_warning(res, f"the {cfg.data.eval_split} sweep (swept column)")
+    if warning:
+        print(f"[evaluate] warning: {warning}")
     _timing(cfg, "evaluate", time.time() - t)
     res["protocol"] = protocol(cfg)
     write_json(out, res)

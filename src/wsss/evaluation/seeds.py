@@ -226,6 +226,33 @@ def best_threshold(result: dict) -> float:
     return float(rows[_argmax_miou(rows)]["threshold"])
 
 
+def sweep_edge_warning(result: dict, what: str) -> str | None:
+    """A warning when the best threshold of a sweep is the sweep's first or last value.
+
+    A best threshold at the end of the sweep means the true optimum may lie outside it
+    (over-activated CAMs choose the upper end of the MSRC configs' 0-0.6 sweep), so the fixed
+    threshold chosen there and the swept mIoU may understate what a wider sweep finds.
+
+    Args:
+        result: a dict returned by :func:`evaluate_seeds` (uses its ``sweep`` list).
+        what: how the message names the sweep, e.g. ``"the val sweep"``.
+
+    Returns:
+        the warning text (naming the threshold, the sweep's range and ``evaluation.sweep``), or
+        None when the best threshold is inside the sweep or the sweep has fewer than 3 values.
+
+    Raises:
+        ValueError: if ``result`` holds no (or an empty) ``sweep`` (as :func:`best_threshold`).
+    """
+    best = best_threshold(result)
+    ts = [float(r["threshold"]) for r in result["sweep"]]
+    if len(ts) < 3 or min(ts) < best < max(ts):
+        return None
+    end = "upper" if best == max(ts) else "lower"
+    return (f"the best background threshold of {what} ({best:.2f}) is the {end} end of the sweep "
+            f"[{min(ts):.2f}, {max(ts):.2f}]: the optimum may lie outside it; widen evaluation.sweep")
+
+
 def evaluate_masks(
     layout: Any,
     mask_dir: str | os.PathLike,
