@@ -17,22 +17,26 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from wsss.data.voc import VOCLayout
+from wsss.config import load_config
 from wsss.evaluation.seeds import best_threshold, evaluate_seeds
 from wsss.io import read_json
+from wsss.stages import _sweep, layout_for
 
 
 def rescore(run: Path, stop: float, step: float = 0.01) -> dict:
-    """Fixed (val-chosen) and swept seed mIoU of ``run``'s CAMs over the sweep [0, stop]."""
-    cfg = read_json(run / "config.json")
-    root = cfg["data"]["root"]
-    sweep = np.round(np.arange(0.0, stop + step / 2, step), 4)
+    """Fixed (val-chosen) and swept seed mIoU of ``run``'s CAMs over the sweep [0, stop]; the splits and
+    the sweep come from the run's own config (``layout_for``, ``_sweep``) with ``evaluation.sweep`` widened."""
+    # the run's data and threshold split on the defaults (its config.json names requires relative to its code tree)
+    recorded = read_json(run / "config.json")
+    data = recorded["data"]
+    src = recorded["evaluation"]["threshold_from"] or "val"
+    cfg = load_config(None, {**{f"data.{k}": data[k] for k in ("root", "mask_dir", "limit", "check_files", "eval_split")},
+                             "evaluation.sweep": [0.0, stop, step]})
+    sweep = _sweep(cfg)
     rec = read_json(run / "metrics" / "seeds.json")
-    val = evaluate_seeds(VOCLayout(root, "val"), run / "cams", rec["threshold"], sweep=sweep, progress=False)
+    val = evaluate_seeds(layout_for(cfg, src), run / "cams", rec["threshold"], sweep=sweep, progress=False)
     thr = best_threshold(val)
-    train = evaluate_seeds(VOCLayout(root, "train"), run / "cams", thr, sweep=sweep, progress=False)
+    train = evaluate_seeds(layout_for(cfg, cfg.data.eval_split), run / "cams", thr, sweep=sweep, progress=False)
     return {
         "run": str(run),
         "recorded": {"threshold": rec["threshold"], "fixed": rec["miou"], "swept": rec["best"]["miou"],
